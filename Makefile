@@ -1,0 +1,44 @@
+# Quick start: `make demo`, `make test`. Everything lives in .venv inside the repository.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch must be installed before anything that depends on torch;
+# an unpinned torch would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) $(TORCH)
+	$(PIP) -c constraints.txt -e '.[torch]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -c constraints.txt -e '.[torch,test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python sample.py --demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/model.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Faces: Action Unit conventions, face detection, landmarks, cropping and the background condition."""

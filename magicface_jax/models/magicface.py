@@ -1,0 +1,130 @@
+"""MagicFace as pure functions of a parameter pytree.
+
+`MagicFace(config)` holds the three Flax modules (identity encoder, denoiser, VAE); the parameters
+travel separately as `{"identity_encoder": ..., "denoiser": ..., "vae": ...}`, plain float32 arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from magicface_jax.config import MagicFaceConfig, UNetConfig, VAEConfig
+from magicface_jax.models.unet import UNet
+from magicface_jax.models.vae import AutoencoderKL
+from magicface_jax.nn.attention import KeyValue
+
+COMPONENTS = ("identity_encoder", "denoiser", "vae")
+Params = dict
+
+
+def _unet_example_inputs(config: UNetConfig):
+    size = 2 ** (len(config.block_out_channels) - 1)
+    sample = jnp.zeros((1, size, size, 4), jnp.float32)
+    context = jnp.zeros((1, 1, config.cross_attention_dim), jnp.float32)
+    kwargs = {}
+    if config.au_dim:
+        kwargs["au"] = jnp.zeros((1, config.au_dim), jnp.float32)
+    if config.in_channels > 4:
+        kwargs["background"] = jnp.zeros((1, size, size, config.in_channels - 4), jnp.float32)
+    return (sample, jnp.zeros((1,), jnp.float32), context), kwargs
+
+
+def init_unet(config: UNetConfig, rng: jax.Array, dtype=jnp.float32) -> Params:
+    """Random parameters, each boxed with its logical axis names (`nn.Partitioned`)."""
+    args, kwargs = _unet_example_inputs(config)
+    return UNet(config, dtype).init(rng, *args, **kwargs)["params"]
+
+
+def init_vae(config: VAEConfig, rng: jax.Array, dtype=jnp.float32) -> Params:
+    size = config.downsample_factor
+    images = jnp.zeros((1, size, size, config.in_channels), jnp.float32)
+    return AutoencoderKL(config, dtype).init(rng, images)["params"]
+
+
+def init_component(config: MagicFaceConfig, name: str, rng: jax.Array) -> Params:
+    if name == "vae":
+        return init_vae(config.vae, rng)
+    return init_unet(getattr(config, name), rng)
+
+
+def abstract_params(config: MagicFaceConfig, name: str) -> Params:
+    """Shapes, dtypes and logical axis names of one component's parameters, computing nothing."""
+    return jax.eval_shape(lambda: init_component(config, name, jax.random.key(0)))
+
+
+def init_params(config: MagicFaceConfig, rng: jax.Array) -> Params:
+    """Random parameters of all three components (boxed with logical axis names)."""
+    keys = jax.random.split(rng, len(COMPONENTS))
+    return {name: init_component(config, name, key) for name, key in zip(COMPONENTS, keys, strict=True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MagicFace:
+    """The model's forward functions. Every method is pure: params in, arrays out."""
+
+    config: MagicFaceConfig
+
+    @property
+    def identity_encoder(self) -> UNet:
+        return UNet(self.config.identity_encoder, self.config.compute_dtype)
+
+    @property
+    def denoiser(self) -> UNet:
+        return UNet(self.config.denoiser, self.config.compute_dtype)
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return AutoencoderKL(self.config.vae, self.config.compute_dtype)
+
+    def vae_encode(self, vae_params: Params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(B, H, W, 3) in [-1, 1] -> posterior (mean, logvar), each (B, H/8, W/8, 4), unscaled."""
+        return self.vae.apply({"params": vae_params}, images, method=AutoencoderKL.encode)
+
+    def vae_decode(self, vae_params: Params, latents: jax.Array) -> jax.Array:
+        """Latents (unscaled) -> raw decoder output (B, H, W, 3), nominally in [-1, 1]."""
+        return self.vae.apply({"params": vae_params}, latents, method=AutoencoderKL.decode)
+
+    def identity_features(
+        self, encoder_params: Params, source_latents: jax.Array, prompt_embeds: jax.Array
+    ) -> list[jax.Array]:
+        """The identity encoder at timestep 0: hidden states entering each transformer block."""
+        context = jnp.broadcast_to(prompt_embeds, (source_latents.shape[0], *prompt_embeds.shape[1:]))
+        _, features = self.identity_encoder.apply({"params": encoder_params}, source_latents, 0, context)
+        return features
+
+    def identity_kv(self, denoiser_params: Params, features: Sequence[jax.Array]) -> list[KeyValue]:
+        """The denoiser's self-attention keys and values of the identity tokens, once per image."""
+        return self.denoiser.apply({"params": denoiser_params}, features, method=UNet.identity_kv)
+
+    def predict_noise(
+        self,
+        denoiser_params: Params,
+        noisy_latents: jax.Array,
+        background_latents: jax.Array,
+        au: jax.Array,
+        timesteps: jax.Array | float,
+        identity_kv: Sequence[KeyValue],
+        prompt_embeds: jax.Array,
+    ) -> jax.Array:
+        """ε-prediction (B, h, w, 4) from noisy latents, background latents, AU vector (B, 12)."""
+        context = jnp.broadcast_to(prompt_embeds, (noisy_latents.shape[0], *prompt_embeds.shape[1:]))
+        out, _ = self.denoiser.apply(
+            {"params": denoiser_params},
+            noisy_latents,
+            timesteps,
+            context,
+            au=au,
+            background=background_latents,
+            identity_kv=identity_kv,
+        )
+        return out
+
+
+def unbox(params: Params) -> Params:
+    """Plain arrays from parameters boxed with logical axis names."""
+    return nn.meta.unbox(params)

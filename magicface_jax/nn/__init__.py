@@ -1,0 +1,1 @@
+"""Flax (linen) building blocks of the Stable Diffusion UNet and VAE, NHWC throughout."""
