@@ -166,6 +166,14 @@ def test_sample_loop_under_jit_equals_python_loop(name, options):
     assert looped.shape == SHAPE and looped.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_state_stays_float32_with_a_bfloat16_model(name):
+    sampler = make_sampler(name, SD15, 4)
+    noise = jax.random.normal(jax.random.key(0), SHAPE, jnp.bfloat16)
+    out = jax.jit(lambda x: sample_loop(sampler, lambda x, t: _denoise(x, t).astype(jnp.bfloat16), x))(noise)
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+
+
 @pytest.mark.parametrize(
     ("name", "steps", "options", "schedule", "message"),
     [
