@@ -69,8 +69,8 @@ def _write_pngs(out: Path, images: dict[str, np.ndarray]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     # Imported here so that `--help` works without the optional face dependencies.
-    from magicface_jax.faces.images import load_image
     from magicface_jax.faces.preprocess import preprocess_image
+    from magicface_jax.images import load_image
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

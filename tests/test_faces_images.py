@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from magicface_jax.errors import MagicFaceError
-from magicface_jax.faces.images import as_rgb_uint8, load_image
+from magicface_jax.images import as_rgb_uint8, load_image
 
 
 def test_rgb_array_passes_through():

@@ -23,9 +23,9 @@ from magicface_jax.faces.detect import (
     largest_face,
     require_face_dependencies,
 )
-from magicface_jax.faces.images import ImageLike, as_rgb_uint8
 from magicface_jax.faces.jaw_dots import add_layer, jaw_dot_layer
 from magicface_jax.faces.segment import MASK_KINDS, segment
+from magicface_jax.images import ImageLike, as_rgb_uint8
 
 __all__ = [
     "FaceDependencyError",
