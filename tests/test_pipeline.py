@@ -167,3 +167,39 @@ def test_out_of_range_variation_warns(pipe):
         warnings.simplefilter("always")
         pipe.prepare(source, source, {"AU12": 14})
     assert any("AU12" in str(w.message) and "[-10, 10]" in str(w.message) for w in caught)
+
+
+def test_two_processes_share_one_mesh(converted, pipe, tmp_path):
+    """Two processes (4 CPU devices each, jax.distributed on loopback) shard one batch over 8 devices and
+    both get the whole result, equal to one device's."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "result"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.multihost_edit", str(i), str(port), str(converted), str(out)],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        logs = [worker.communicate(timeout=420)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert all(worker.returncode == 0 for worker in workers), "\n".join(logs)[-3000:]
+    single = pipe(images(5, 6), images(5, 7), np.tile(AU, (3, 1))[:5], 2, 3.0, seed=11, output_type="np")
+    for i in range(2):
+        np.testing.assert_allclose(np.load(f"{out}.{i}.npy"), single, atol=1e-5)
