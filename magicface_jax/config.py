@@ -286,7 +286,9 @@ def tiny_magicface_config(**changes) -> MagicFaceConfig:
         norm_num_groups=8,
         sample_size=8,
     )
-    vae = VAEConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=64)
+    vae = VAEConfig(
+        block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=64
+    )
     base = MagicFaceConfig(
         identity_encoder=unet,
         denoiser=unet.replace(in_channels=8, au_dim=12),

@@ -92,10 +92,10 @@ def _kind(path: tuple[str, ...], shape: tuple[int, ...]) -> str:
     return VECTOR
 
 
-def _leaves(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], object]]:
+def leaves(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], object]]:
     for name, value in tree.items():
         if isinstance(value, Mapping):
-            yield from _leaves(value, (*prefix, name))
+            yield from leaves(value, (*prefix, name))
         else:
             yield (*prefix, name), value
 
@@ -103,7 +103,7 @@ def _leaves(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple
 def build_table(abstract: Mapping) -> list[Row]:
     """One row per parameter of an abstract (or concrete) Flax parameter tree."""
     rows = []
-    for path, leaf in _leaves(nn.meta.unbox(abstract)):
+    for path, leaf in leaves(nn.meta.unbox(abstract)):
         shape = tuple(jax.numpy.shape(leaf))
         rows.append(Row(torch_key(path), path, _kind(path, shape), shape))
     return rows
@@ -129,3 +129,11 @@ def get_path(tree: Mapping, path: tuple[str, ...]):
     for name in path:
         tree = tree[name]
     return tree
+
+
+def network_table(config) -> list[Row]:
+    """The table of a UNet or VAE config, from abstract parameters (no weights are created)."""
+    from magicface_jax.config import VAEConfig
+    from magicface_jax.models.magicface import abstract_unet, abstract_vae
+
+    return build_table(abstract_vae(config) if isinstance(config, VAEConfig) else abstract_unet(config))

@@ -46,6 +46,15 @@ def init_vae(config: VAEConfig, rng: jax.Array, dtype=jnp.float32) -> Params:
     return AutoencoderKL(config, dtype).init(rng, images)["params"]
 
 
+def abstract_unet(config: UNetConfig) -> Params:
+    """Shapes, dtypes and logical axis names of a UNet's parameters, computing nothing."""
+    return jax.eval_shape(lambda: init_unet(config, jax.random.key(0)))
+
+
+def abstract_vae(config: VAEConfig) -> Params:
+    return jax.eval_shape(lambda: init_vae(config, jax.random.key(0)))
+
+
 def init_component(config: MagicFaceConfig, name: str, rng: jax.Array) -> Params:
     if name == "vae":
         return init_vae(config.vae, rng)
@@ -53,8 +62,8 @@ def init_component(config: MagicFaceConfig, name: str, rng: jax.Array) -> Params
 
 
 def abstract_params(config: MagicFaceConfig, name: str) -> Params:
-    """Shapes, dtypes and logical axis names of one component's parameters, computing nothing."""
-    return jax.eval_shape(lambda: init_component(config, name, jax.random.key(0)))
+    """Abstract parameters of one component ("identity_encoder", "denoiser" or "vae")."""
+    return abstract_vae(config.vae) if name == "vae" else abstract_unet(getattr(config, name))
 
 
 def init_params(config: MagicFaceConfig, rng: jax.Array) -> Params:

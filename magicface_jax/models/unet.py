@@ -42,7 +42,8 @@ class _Block(nn.Module):
     def setup(self):
         c = self.config
         self.resnets = [
-            ResnetBlock2D(self.channels, c.norm_num_groups, c.norm_eps, self.dtype) for _ in range(self.num_layers)
+            ResnetBlock2D(self.channels, c.norm_num_groups, c.norm_eps, self.dtype)
+            for _ in range(self.num_layers)
         ]
         if self.with_attention:
             self.attentions = [
@@ -62,7 +63,9 @@ class _Block(nn.Module):
     def _layer(self, i, x, temb, context, identity_kv, features):
         x = self.resnets[i](x, temb)
         if self.with_attention:
-            x, inputs = self.attentions[i](x, context, None if identity_kv is None else identity_kv[i : i + 1])
+            x, inputs = self.attentions[i](
+                x, context, None if identity_kv is None else identity_kv[i : i + 1]
+            )
             features.extend(inputs)
         return x
 
@@ -178,7 +181,9 @@ class UNet(nn.Module):
             slices.append(items[start : start + block.num_attention_layers])
             start += block.num_attention_layers
         if start != len(items):
-            raise ValueError(f"expected {start} identity entries (one per transformer block), got {len(items)}")
+            raise ValueError(
+                f"expected {start} identity entries (one per transformer block), got {len(items)}"
+            )
         return slices
 
     def identity_kv(self, features: Sequence[jax.Array]) -> list[KeyValue]:

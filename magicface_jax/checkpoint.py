@@ -1,0 +1,135 @@
+"""The model checkpoint: a directory of orbax checkpoints and a JSON manifest.
+
+    CKPT/
+      magicface.json       format, model config, scheduler config, prompt, parameter dtype, provenance
+      prompt_embeds/       orbax: {"prompt_embeds": (1, 77, D)}
+      identity_encoder/    orbax: Flax parameters (plain arrays)
+      denoiser/            orbax
+      vae/                 orbax
+
+One orbax checkpoint per network lets conversion write each as soon as it is built, so only one network is
+in memory at a time. The directory appears only when complete: it is written under a temporary name and
+renamed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from magicface_jax.atomic import atomic_directory
+from magicface_jax.config import MagicFaceConfig
+from magicface_jax.errors import MagicFaceError
+
+MANIFEST = "magicface.json"
+FORMAT = "magicface-jax/1"
+COMPONENTS = ("identity_encoder", "denoiser", "vae")
+PROMPT_EMBEDS = "prompt_embeds"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    config: MagicFaceConfig
+    scheduler: dict[str, Any]
+    param_dtype: str = "float32"
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model": self.config.to_dict(),
+            "scheduler": self.scheduler,
+            "param_dtype": self.param_dtype,
+            "source": self.source,
+        }
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp
+
+    return ocp.PyTreeCheckpointer()
+
+
+@contextlib.contextmanager
+def writing_checkpoint(directory: str | Path, overwrite: bool = False) -> Iterator[CheckpointWriter]:
+    """Yields a writer into a temporary directory that becomes `directory` only if the block succeeds."""
+    with atomic_directory(directory, overwrite) as partial:
+        writer = CheckpointWriter(partial)
+        yield writer
+        if not writer.finished:
+            raise RuntimeError("checkpoint writer closed without finish()")
+
+
+class CheckpointWriter:
+    def __init__(self, root: Path):
+        self.root = root
+        self.finished = False
+
+    def write_params(self, name: str, params: Mapping) -> None:
+        _checkpointer().save(self.root / name, dict(params))
+
+    def write_prompt_embeds(self, prompt_embeds: np.ndarray) -> None:
+        self.write_params(PROMPT_EMBEDS, {PROMPT_EMBEDS: np.asarray(prompt_embeds, np.float32)})
+
+    def finish(self, info: CheckpointInfo) -> None:
+        for name in (*COMPONENTS, PROMPT_EMBEDS):
+            if not (self.root / name).is_dir():
+                raise RuntimeError(f"checkpoint is missing {name}/")
+        (self.root / MANIFEST).write_text(json.dumps(info.to_json(), indent=2))
+        self.finished = True
+
+
+def read_info(directory: str | Path) -> CheckpointInfo:
+    directory = Path(directory)
+    manifest = directory / MANIFEST
+    if not directory.is_dir():
+        raise MagicFaceError(f"checkpoint {directory} does not exist: make one with convert_weights.py")
+    try:
+        data = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise MagicFaceError(
+            f"{directory} is not a MagicFace checkpoint (no {MANIFEST}): make one with convert_weights.py"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise MagicFaceError(f"{manifest} is not valid JSON ({err})") from None
+    if data.get("format") != FORMAT:
+        raise MagicFaceError(f"{manifest} has format {data.get('format')!r}; this version reads {FORMAT!r}")
+    missing = [name for name in (*COMPONENTS, PROMPT_EMBEDS) if not (directory / name).is_dir()]
+    if missing:
+        raise MagicFaceError(
+            f"checkpoint {directory} is incomplete: missing {', '.join(missing)}; convert it again"
+        )
+    return CheckpointInfo(
+        config=MagicFaceConfig.from_dict(data["model"]),
+        scheduler=data.get("scheduler", {}),
+        param_dtype=data.get("param_dtype", "float32"),
+        source=data.get("source", {}),
+    )
+
+
+def read_params(directory: str | Path, name: str, dtype: Any = None) -> dict:
+    """One network's parameters as numpy arrays (cast to `dtype` when given)."""
+    path = Path(directory) / name
+    try:
+        params = _checkpointer().restore(path)
+    except Exception as err:  # orbax raises assorted errors for damaged directories
+        raise MagicFaceError(f"cannot read {path} ({type(err).__name__}: {err}); convert it again") from None
+    if dtype is not None:
+        params = _map_arrays(lambda a: np.asarray(a, dtype), params)
+    return params
+
+
+def read_prompt_embeds(directory: str | Path) -> np.ndarray:
+    return read_params(directory, PROMPT_EMBEDS, np.float32)[PROMPT_EMBEDS]
+
+
+def _map_arrays(fn, tree):
+    if isinstance(tree, Mapping):
+        return {k: _map_arrays(fn, v) for k, v in tree.items()}
+    return fn(tree)

@@ -1,0 +1,168 @@
+"""PyTorch -> orbax and orbax -> PyTorch for the whole MagicFace model.
+
+`to_orbax` reads SD (diffusers folder or single file) and, optionally, the authors' MagicFace release; without
+the release it initialises a new MagicFace from SD for training. `to_pytorch` writes the authors' layout.
+Both check every source before writing anything, hold one network at a time, and leave nothing behind on
+failure.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from magicface_jax import checkpoint
+from magicface_jax.atomic import atomic_directory, check_new_output
+from magicface_jax.config import AUTHORS_PROMPT, MagicFaceConfig, UNetConfig
+from magicface_jax.convert.layouts import (
+    Network,
+    read_magicface,
+    read_sd,
+    sd_initialised_denoiser,
+)
+from magicface_jax.convert.names import leaves, network_table
+from magicface_jax.convert.tensors import check_keys, check_shapes, to_flax_params, to_torch_arrays
+from magicface_jax.errors import MagicFaceError
+
+# Folder names of the authors' release, and the class names their `config.json` files carry.
+AUTHORS_FOLDERS = {
+    "identity_encoder": ("ID_enc", "UNetID2DConditionModel"),
+    "denoiser": ("denoising_unet", "UNetDeno2DConditionModel"),
+    "vae": ("vae", "AutoencoderKL"),
+}
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}
+
+Log = Callable[[str], None]
+
+
+def _storage_dtype(name: str):
+    if name not in STORAGE_DTYPES:
+        raise MagicFaceError(f"--dtype {name!r} is not one of {', '.join(STORAGE_DTYPES)}")
+    dtype = STORAGE_DTYPES[name]
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return dtype
+
+
+def peak_memory_bytes() -> int:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _check_pair(identity: UNetConfig, denoiser: UNetConfig) -> None:
+    as_encoder = denoiser.replace(
+        in_channels=identity.in_channels, au_dim=0, sample_size=identity.sample_size
+    )
+    if as_encoder != identity:
+        raise MagicFaceError(
+            "identity encoder and denoiser differ in layout; their transformer blocks must match one to one"
+        )
+
+
+def to_orbax(
+    sd: str | Path,
+    out: str | Path,
+    magicface: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    prompt: str = AUTHORS_PROMPT,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    log: Log = print,
+) -> checkpoint.CheckpointInfo:
+    storage = _storage_dtype(dtype)
+    check_new_output(Path(out), overwrite)
+    stable_diffusion = read_sd(sd, tokenizer)
+    if magicface is not None:
+        identity, denoiser = read_magicface(magicface)
+        origin = {"magicface": str(magicface)}
+    else:
+        identity, denoiser = stable_diffusion.unet, sd_initialised_denoiser(stable_diffusion.unet)
+        origin = {"initialised_from_sd": True}
+    _check_pair(identity.config, denoiser.config)
+    networks: dict[str, Network] = {
+        "identity_encoder": identity,
+        "denoiser": denoiser,
+        "vae": stable_diffusion.vae,
+    }
+    tables = {name: network_table(net.config) for name, net in networks.items()}
+    for name, net in networks.items():  # every check before the first byte is written
+        check_keys(net.source, tables[name], name.replace("_", " "))
+        check_shapes(net.source, tables[name], name.replace("_", " "))
+
+    config = MagicFaceConfig(
+        identity_encoder=identity.config,
+        denoiser=denoiser.config,
+        vae=stable_diffusion.vae.config,
+        prompt=prompt,
+    )
+    info = checkpoint.CheckpointInfo(
+        config=config,
+        scheduler=stable_diffusion.scheduler,
+        param_dtype=dtype,
+        source={"sd": str(sd), "sd_layout": stable_diffusion.kind, **origin},
+    )
+    with checkpoint.writing_checkpoint(out, overwrite) as writer:
+        for name, net in networks.items():
+            params = to_flax_params(net.source, tables[name], name.replace("_", " "), storage)
+            count = sum(a.size for _, a in leaves(params))
+            writer.write_params(name, params)
+            del params
+            log(f"{name}: {len(tables[name])} tensors, {count / 1e6:.1f}M parameters")
+        log(f"prompt embedding of {prompt!r}")
+        writer.write_prompt_embeds(stable_diffusion.encode_prompt(prompt))
+        writer.finish(info)
+    log(f"wrote {out}; peak memory {peak_memory_bytes() / 2**30:.2f} GiB")
+    return info
+
+
+def to_pytorch(
+    checkpoint_dir: str | Path,
+    out: str | Path,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    log: Log = print,
+) -> None:
+    """Writes `ID_enc/`, `denoising_unet/`, `vae/` (diffusers folders: config.json + safetensors), plus
+    `scheduler/scheduler_config.json` and `prompt_embeds.safetensors`."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    check_new_output(out, overwrite)
+    info = checkpoint.read_info(checkpoint_dir)
+    storage = _storage_dtype(dtype or info.param_dtype)
+    with atomic_directory(out, overwrite) as partial:
+        for name, (folder, class_name) in AUTHORS_FOLDERS.items():
+            net_config = getattr(info.config, name)
+            params = checkpoint.read_params(checkpoint_dir, name)
+            arrays = to_torch_arrays(params, network_table(net_config), storage)
+            del params
+            (partial / folder).mkdir()
+            diffusers_config = net_config.to_diffusers() | {"_class_name": class_name}
+            (partial / folder / "config.json").write_text(json.dumps(diffusers_config, indent=2))
+            save_file(_torch_tensors(arrays), partial / folder / WEIGHTS_FILE, metadata={"format": "pt"})
+            log(f"{folder}/: {len(arrays)} tensors")
+            del arrays
+        (partial / "scheduler").mkdir()
+        (partial / "scheduler" / "scheduler_config.json").write_text(json.dumps(info.scheduler, indent=2))
+        prompt = checkpoint.read_prompt_embeds(checkpoint_dir)
+        save_file(_torch_tensors({"prompt_embeds": prompt}), partial / "prompt_embeds.safetensors")
+    log(f"wrote {out}")
+
+
+def _torch_tensors(arrays: dict[str, np.ndarray]) -> dict:
+    import torch
+
+    tensors = {}
+    for key, array in arrays.items():
+        if array.dtype.name == "bfloat16":
+            tensors[key] = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+        else:
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(array))
+    return tensors

@@ -1,0 +1,69 @@
+"""Moving one network's tensors through the name table, with every check the table makes possible:
+each source tensor is used exactly once, every parameter is filled, every shape is what the model expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from magicface_jax.convert.names import Row, get_path, set_path, to_flax, to_torch
+from magicface_jax.convert.sources import TensorSource
+from magicface_jax.errors import MagicFaceError
+
+
+def _preview(keys: list[str], limit: int = 5) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_keys(source: TensorSource, rows: list[Row], what: str) -> None:
+    expected = {row.torch_key for row in rows}
+    found = set(source.keys())
+    unknown, missing = sorted(found - expected), sorted(expected - found)
+    if unknown:
+        raise MagicFaceError(
+            f"{source.name}: {len(unknown)} tensors are not part of the {what}: {_preview(unknown)}; "
+            "is this the right checkpoint for it?"
+        )
+    if missing:
+        raise MagicFaceError(
+            f"{source.name}: the {what} needs {len(missing)} missing tensors: {_preview(missing)}"
+        )
+
+
+def check_shapes(source: TensorSource, rows: list[Row], what: str) -> None:
+    for row in rows:
+        found = tuple(source.shape(row.torch_key))
+        if found != row.torch_shape:
+            raise MagicFaceError(
+                f"{source.name}: {row.torch_key} has shape {found}, the {what} expects {row.torch_shape}"
+            )
+
+
+def to_flax_params(source: TensorSource, rows: list[Row], what: str, dtype=np.float32) -> dict:
+    """A Flax parameter tree (numpy arrays of `dtype`) from a PyTorch state dict, one tensor at a time."""
+    check_keys(source, rows, what)
+    check_shapes(source, rows, what)
+    params: dict = {}
+    for row in rows:
+        array = np.ascontiguousarray(to_flax(row.kind, source.get(row.torch_key)), dtype=dtype)
+        set_path(params, row.flax_path, array)
+    return params
+
+
+def to_torch_arrays(params: Mapping, rows: list[Row], dtype=None) -> dict[str, np.ndarray]:
+    """PyTorch-layout arrays (keyed by state-dict key) from a Flax parameter tree."""
+    arrays = {}
+    for row in rows:
+        try:
+            value = np.asarray(get_path(params, row.flax_path))
+        except KeyError:
+            raise MagicFaceError(f"parameters lack {'/'.join(row.flax_path)}") from None
+        if value.shape != row.flax_shape:
+            raise MagicFaceError(
+                f"{'/'.join(row.flax_path)} has shape {value.shape}, expected {row.flax_shape}"
+            )
+        arrays[row.torch_key] = np.ascontiguousarray(to_torch(row.kind, value), dtype=dtype or value.dtype)
+    return arrays

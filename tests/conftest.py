@@ -1,0 +1,44 @@
+"""Test session setup, before JAX is imported: 8 virtual CPU devices for the sharding tests, and XLA's
+cheaper CPU code generation (tests compile many small programs; compile time dominates their runtime)."""
+
+import os
+
+TEST_XLA_FLAGS = (
+    "--xla_force_host_platform_device_count=8 "
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from tests import fixtures  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def torch_model():
+    """A tiny PyTorch MagicFace (reference classes) with every parameter perturbed."""
+    return fixtures.tiny_torch_magicface()
+
+
+@pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory, torch_model):
+    """A tiny diffusers Stable Diffusion folder whose UNet and VAE are the reference model's."""
+    return fixtures.write_sd_folder(tmp_path_factory.mktemp("sd") / "sd", torch_model)
+
+
+@pytest.fixture(scope="session")
+def release_folder(tmp_path_factory, torch_model):
+    """The tiny reference model in the authors' release layout (ID_enc/, denoising_unet/)."""
+    return fixtures.write_release_folder(tmp_path_factory.mktemp("release") / "magicface", torch_model)
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, sd_folder, release_folder):
+    """The tiny release converted to an orbax checkpoint."""
+    from magicface_jax.convert.convert import to_orbax
+
+    out = tmp_path_factory.mktemp("ckpt") / "ckpt"
+    to_orbax(sd_folder, out, magicface=release_folder, log=lambda _: None)
+    return out
