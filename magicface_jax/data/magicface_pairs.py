@@ -259,7 +259,7 @@ class MagicfacePairs(tfds.core.GeneratorBasedBuilder):
         )
 
     def _download_and_prepare(self, dl_manager, download_config):
-        with tempfile.TemporaryDirectory(prefix="magicface_pairs_cache_") as cache:
+        with tempfile.TemporaryDirectory(prefix="magicface_pairs_cache_", dir=self.data_dir_root) as cache:
             self._cache = cache
             super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
         path = self.report.write(self.data_path)  # the unfinished dataset folder, renamed with it
