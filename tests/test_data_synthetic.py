@@ -16,6 +16,7 @@ from magicface_jax.data.synthetic_faces import (
     SyntheticFaces,
     SyntheticFacesConfig,
     SyntheticFacesSpec,
+    builder_config,
     synthetic_example,
 )
 from magicface_jax.errors import MagicFaceError
@@ -139,6 +140,12 @@ def test_resolutions_and_bad_specs():
             SyntheticFacesSpec(**bad)
     assert SyntheticFacesSpec(resolution=64).name == "64px"
     assert SyntheticFacesSpec(resolution=64, train_pairs=8).name == "64px_8x200_p4_a0.4_s0"
+
+
+def test_registered_and_custom_specs_both_make_builders(tmp_path):
+    for spec in (SyntheticFacesSpec(resolution=512), SyntheticFacesSpec(resolution=512, seed=1)):
+        builder = SyntheticFaces(config=builder_config(spec), data_dir=str(tmp_path))
+        assert builder.spec == spec and builder.data_dir.endswith(f"synthetic_faces/{spec.name}/1.0.0")
 
 
 def test_condition_blackens_exactly_the_person():

@@ -18,8 +18,8 @@ from magicface_jax.data.magicface_pairs import REPORT_NAME, MagicfacePairs, Magi
 from magicface_jax.data.synthetic_faces import (
     RESOLUTIONS,
     SyntheticFaces,
-    SyntheticFacesConfig,
     SyntheticFacesSpec,
+    builder_config,
 )
 from magicface_jax.errors import MagicFaceError
 
@@ -72,7 +72,7 @@ def _builder(args: argparse.Namespace):
             pairs_per_identity=args.pairs_per_identity,
             seed=args.seed,
         )
-        return SyntheticFaces(config=SyntheticFacesConfig(spec), data_dir=args.data_dir, workers=args.workers)
+        return SyntheticFaces(config=builder_config(spec), data_dir=args.data_dir, workers=args.workers)
     config = pairing.PairingConfig(
         min_au_change=args.min_au_change,
         max_pairs_per_identity=args.max_pairs_per_identity,

@@ -68,6 +68,13 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
         self.spec = spec
 
 
+def builder_config(spec: SyntheticFacesSpec) -> str | SyntheticFacesConfig:
+    """What to pass as `config=`: a registered config by name (tfds refuses a custom config that shares
+    its name), a custom config for any other spec."""
+    registered = {config.name for config in SyntheticFaces.BUILDER_CONFIGS}
+    return spec.name if spec.name in registered else SyntheticFacesConfig(spec)
+
+
 def _factor_features(cls) -> tfds.features.FeaturesDict:
     specs = {}
     for field in dataclasses.fields(cls):
