@@ -49,9 +49,9 @@ class PairsSpec:
     pairing: pairing.PairingConfig = dataclasses.field(default_factory=pairing.PairingConfig)
 
     def __post_init__(self):
-        if self.resolution < 64 or self.resolution % 8:
+        if self.resolution < 64 or self.resolution % 64:
             raise MagicFaceError(
-                f"resolution {self.resolution}: use a multiple of 8 of at least 64 (e.g. 512)"
+                f"resolution {self.resolution}: use a multiple of 64 (MagicFace was trained at 512)"
             )
         if self.mask not in MASKS:
             raise MagicFaceError(f"mask {self.mask!r}: use one of {', '.join(MASKS)}")
