@@ -14,11 +14,11 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) $(TORCH)
-	$(PIP) -c constraints.txt -e '.[torch]'
+	$(PIP) -c constraints.txt -e '.[torch,faces]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -c constraints.txt -e '.[torch,test]'
+	$(PIP) -c constraints.txt -e '.[torch,faces,test]'
 	touch $@
 
 demo: $(VENV)/.installed

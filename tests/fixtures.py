@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from magicface_jax.config import tiny_magicface_config
-from magicface_jax.convert.layouts import SD15_SCHEDULER_CONFIG
+from magicface_jax.diffusion import SD15_SCHEDULER_CONFIG
 
 TINY_TEXT_WIDTH = 32  # = tiny_magicface_config().denoiser.cross_attention_dim
 
@@ -30,20 +30,25 @@ def tiny_torch_magicface(seed: int = 0):
     return perturb(TorchMagicFace(tiny_magicface_config()), seed + 1)
 
 
+def _byte_symbols() -> list[str]:
+    """The 256 printable symbols byte-level BPE uses for the bytes 0..255 (the GPT-2/CLIP convention)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
 def tiny_tokenizer(directory: Path):
     """A CLIP tokenizer with a byte-level vocabulary and no merges (the real vocabulary is not shipped)."""
     from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-    chars = list(bytes_to_unicode().values())
+    chars = _byte_symbols()
     vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
     vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(
-        directory / "vocab.json", directory / "merges.txt", pad_token="<|endoftext|>", model_max_length=77
-    )
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>", model_max_length=77)
     tokenizer.save_pretrained(directory)
     return tokenizer
 

@@ -23,21 +23,8 @@ from magicface_jax.convert.sources import (
     open_model_folder,
     open_weights,
 )
+from magicface_jax.diffusion.schedule import SD15_SCHEDULER_CONFIG
 from magicface_jax.errors import MagicFaceError
-
-# Stable Diffusion 1.5's `scheduler/scheduler_config.json`; the authors build UniPC from it.
-SD15_SCHEDULER_CONFIG = {
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "trained_betas": None,
-}
 
 # CLIP BPE token ids of the authors' prompt "A close up of a person." (start, 7 tokens, end), padded with
 # <|endoftext|> to 77 as SD1.5's tokenizer pads. Lets a single-file checkpoint, which carries no tokenizer,
@@ -93,6 +80,9 @@ def _read_sd_folder(path: Path) -> StableDiffusion:
 
     def encode_prompt(prompt: str) -> np.ndarray:
         from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
 
         tok = CLIPTokenizer.from_pretrained(path / "tokenizer")
         model = CLIPTextModel.from_pretrained(path / "text_encoder").float().eval()
@@ -126,14 +116,8 @@ def _read_sd_single_file(path: Path, tokenizer: str | Path | None) -> StableDiff
             f"{path} has no '{ldm.UNET_PREFIX}*' tensors: "
             "it is not an original-layout Stable Diffusion checkpoint"
         )
-    cross_dim = source.shape(ldm.UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")[1]
-    if cross_dim != 768:
-        raise MagicFaceError(
-            f"{path} is a Stable Diffusion 2.x single file (context width {cross_dim}); only 1.x single "
-            "files are read: convert from its diffusers folder instead"
-        )
-    unet_config = UNetConfig(in_channels=source.shape(ldm.UNET_PREFIX + "input_blocks.0.0.weight")[1])
-    vae_config = VAEConfig()
+    configs = single_file_configs(source)
+    unet_config, vae_config = configs.unet, configs.vae
     unet = _single_file_view(
         source, network_table(unet_config), ldm.UNET_PREFIX, lambda k: ldm.unet_ldm_key(k, unet_config)
     )
@@ -146,7 +130,8 @@ def _read_sd_single_file(path: Path, tokenizer: str | Path | None) -> StableDiff
     )
 
     def encode_prompt(prompt: str) -> np.ndarray:
-        return _run_text_encoder(_single_file_text_encoder(source), _single_file_token_ids(prompt, tokenizer))
+        text_encoder = _single_file_text_encoder(source, configs.text_heads)
+        return _run_text_encoder(text_encoder, _single_file_token_ids(prompt, tokenizer))
 
     return StableDiffusion(
         unet=Network(unet_config, unet),
@@ -155,6 +140,25 @@ def _read_sd_single_file(path: Path, tokenizer: str | Path | None) -> StableDiff
         encode_prompt=encode_prompt,
         kind="single-file",
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleFileConfigs:
+    unet: UNetConfig
+    vae: VAEConfig
+    text_heads: int  # attention heads of the CLIP text encoder (shapes cannot tell)
+
+
+def single_file_configs(source: TensorSource) -> SingleFileConfigs:
+    """An original-layout file names no config: it is SD1.x's (checked where the shapes can tell)."""
+    cross_dim = source.shape(ldm.UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")[1]
+    if cross_dim != UNetConfig.cross_attention_dim:
+        raise MagicFaceError(
+            f"{source.name} is not Stable Diffusion 1.x (context width {cross_dim}); only 1.x single "
+            "files are read: convert from a diffusers folder instead"
+        )
+    in_channels = source.shape(ldm.UNET_PREFIX + "input_blocks.0.0.weight")[1]
+    return SingleFileConfigs(UNetConfig(in_channels=in_channels), VAEConfig(), text_heads=12)
 
 
 def _single_file_view(source, rows, prefix, key_fn, squeeze=lambda key: False) -> TensorSource:
@@ -170,36 +174,41 @@ def _single_file_view(source, rows, prefix, key_fn, squeeze=lambda key: False) -
     return view
 
 
-def _single_file_text_encoder(source: TensorSource):
+def _single_file_text_encoder(source: TensorSource, heads: int):
     """transformers' CLIPTextModel from the `cond_stage_model.transformer.*` tensors of a single file."""
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    # Original files name tensors `text_model.*` (transformers 4); transformers 5 drops that prefix.
     mapping = {}
     for key in source.keys():
         if key.startswith(ldm.CLIP_PREFIX) and not key.endswith("position_ids"):
-            rest = key[len(ldm.CLIP_PREFIX) :]
-            mapping[rest if rest.startswith("text_model.") else f"text_model.{rest}"] = key
-    if not mapping:
-        raise MagicFaceError(f"{source.name} has no text encoder ('{ldm.CLIP_PREFIX}*' tensors)")
-    prefix = "text_model.encoder.layers."
+            mapping[key[len(ldm.CLIP_PREFIX) :].removeprefix("text_model.")] = key
+    prefix = "encoder.layers."
     layers = {int(k[len(prefix) :].split(".")[0]) for k in mapping if k.startswith(prefix)}
-    vocab, hidden = source.shape(mapping["text_model.embeddings.token_embedding.weight"])
+    vocab, hidden = source.shape(mapping["embeddings.token_embedding.weight"])
     config = CLIPTextConfig(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=source.shape(mapping[f"{prefix}0.mlp.fc1.weight"])[0],
         num_hidden_layers=len(layers),
-        num_attention_heads=hidden // 64,
-        max_position_embeddings=source.shape(mapping["text_model.embeddings.position_embedding.weight"])[0],
+        num_attention_heads=heads,
+        max_position_embeddings=source.shape(mapping["embeddings.position_embedding.weight"])[0],
         hidden_act="quick_gelu",
     )
     model = CLIPTextModel(config).eval()
-    state = {new: torch.from_numpy(np.asarray(source.get(old), np.float32)) for new, old in mapping.items()}
+    own = set(model.state_dict())
+    state = {
+        (bare if bare in own else f"text_model.{bare}"): torch.from_numpy(
+            np.asarray(source.get(old), np.float32)
+        )
+        for bare, old in mapping.items()
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise MagicFaceError(
-            f"{source.name}: text encoder tensors do not match CLIP ({missing[:3]}{unexpected[:3]})"
+            f"{source.name}: text encoder tensors do not match CLIP "
+            f"(missing {missing[:3]}, unknown {unexpected[:3]})"
         )
     return model
 

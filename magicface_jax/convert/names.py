@@ -14,6 +14,7 @@ The table is built from the abstract parameters (`jax.eval_shape`), so it always
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator, Mapping
 
@@ -131,9 +132,12 @@ def get_path(tree: Mapping, path: tuple[str, ...]):
     return tree
 
 
-def network_table(config) -> list[Row]:
+@functools.cache
+def network_table(config) -> tuple[Row, ...]:
     """The table of a UNet or VAE config, from abstract parameters (no weights are created)."""
     from magicface_jax.config import VAEConfig
     from magicface_jax.models.magicface import abstract_unet, abstract_vae
 
-    return build_table(abstract_vae(config) if isinstance(config, VAEConfig) else abstract_unet(config))
+    return tuple(
+        build_table(abstract_vae(config) if isinstance(config, VAEConfig) else abstract_unet(config))
+    )

@@ -4,7 +4,7 @@ each source tensor is used exactly once, every parameter is filled, every shape 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ def _preview(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def check_keys(source: TensorSource, rows: list[Row], what: str) -> None:
+def check_keys(source: TensorSource, rows: Sequence[Row], what: str) -> None:
     expected = {row.torch_key for row in rows}
     found = set(source.keys())
     unknown, missing = sorted(found - expected), sorted(expected - found)
@@ -33,7 +33,7 @@ def check_keys(source: TensorSource, rows: list[Row], what: str) -> None:
         )
 
 
-def check_shapes(source: TensorSource, rows: list[Row], what: str) -> None:
+def check_shapes(source: TensorSource, rows: Sequence[Row], what: str) -> None:
     for row in rows:
         found = tuple(source.shape(row.torch_key))
         if found != row.torch_shape:
@@ -42,7 +42,7 @@ def check_shapes(source: TensorSource, rows: list[Row], what: str) -> None:
             )
 
 
-def to_flax_params(source: TensorSource, rows: list[Row], what: str, dtype=np.float32) -> dict:
+def to_flax_params(source: TensorSource, rows: Sequence[Row], what: str, dtype=np.float32) -> dict:
     """A Flax parameter tree (numpy arrays of `dtype`) from a PyTorch state dict, one tensor at a time."""
     check_keys(source, rows, what)
     check_shapes(source, rows, what)
@@ -53,7 +53,7 @@ def to_flax_params(source: TensorSource, rows: list[Row], what: str, dtype=np.fl
     return params
 
 
-def to_torch_arrays(params: Mapping, rows: list[Row], dtype=None) -> dict[str, np.ndarray]:
+def to_torch_arrays(params: Mapping, rows: Sequence[Row], dtype=None) -> dict[str, np.ndarray]:
     """PyTorch-layout arrays (keyed by state-dict key) from a Flax parameter tree."""
     arrays = {}
     for row in rows:

@@ -1,0 +1,53 @@
+"""Meshes and data placement shared by sampling and training.
+
+Arrays given on the host are the same global value on every process; `to_global` places them on a mesh
+from that value (each process keeps only its own shards), `to_host` brings a global array back whole to
+every process. Both work unchanged on one device, several, or several hosts.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA = "data"
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over every device (of every process) for data parallelism."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA))
+
+
+def to_global(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf of a pytree of host arrays, replicated on every device of the mesh."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda leaf: to_global(leaf, sharding), tree)
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+    if array.is_fully_addressable:
+        return np.asarray(array)
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def pad_batch(array: np.ndarray, multiple: int) -> np.ndarray:
+    """Repeats the last item so that the batch divides evenly over `multiple` devices."""
+    extra = -len(array) % multiple
+    return np.concatenate([array, np.repeat(array[-1:], extra, axis=0)]) if extra else array

@@ -1,0 +1,312 @@
+"""PyTorch <-> orbax conversion: exact values, round trips, the SD-initialised model, the original
+single-file layout (checked against diffusers' own converters) and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from safetensors.torch import save_file
+
+import convert_weights
+from magicface_jax import checkpoint, cli
+from magicface_jax.config import AU_EMBED_NAME, tiny_magicface_config
+from magicface_jax.convert import ldm
+from magicface_jax.convert.convert import to_orbax, to_pytorch
+from magicface_jax.convert.names import get_path, network_table
+from magicface_jax.errors import MagicFaceError
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = {"log": lambda _: None}
+
+
+def row_value(state: dict[str, torch.Tensor], row) -> np.ndarray:
+    """A PyTorch tensor in the Flax layout of its table row."""
+    from magicface_jax.convert.names import to_flax
+
+    return to_flax(row.kind, state[row.torch_key].numpy())
+
+
+def flax_leaf(params, torch_key: str, config) -> np.ndarray:
+    row = next(r for r in network_table(config) if r.torch_key == torch_key)
+    return np.asarray(get_path(params, row.flax_path))
+
+
+def test_release_converts_exactly(converted, torch_model):
+    info = checkpoint.read_info(converted)
+    assert info.config == tiny_magicface_config()
+    assert info.scheduler["beta_schedule"] == "scaled_linear"
+    denoiser = checkpoint.read_params(converted, "denoiser")
+    state = torch_model.denoiser.magicface_state_dict()
+    for key in ("conv_in.weight", f"{AU_EMBED_NAME}.weight", "down_blocks.0.attentions.1.proj_in.weight"):
+        expected = state[key].numpy()
+        ours = flax_leaf(denoiser, key, info.config.denoiser)
+        layout = (2, 3, 1, 0) if expected.ndim == 4 else (1, 0)
+        np.testing.assert_array_equal(ours, expected.transpose(layout))
+    assert checkpoint.read_prompt_embeds(converted).shape == (1, 77, 32)
+
+
+def test_round_trip_is_bit_identical(converted, sd_folder, release_folder, tmp_path):
+    out = tmp_path / "pytorch"
+    to_pytorch(converted, out, **QUIET)
+    pairs = [
+        (release_folder / "ID_enc", out / "ID_enc"),
+        (release_folder / "denoising_unet", out / "denoising_unet"),
+        (sd_folder / "vae", out / "vae"),
+    ]
+    for original, exported in pairs:
+        ours = load_file(exported / "diffusion_pytorch_model.safetensors")
+        theirs = load_file(original / "diffusion_pytorch_model.safetensors")
+        assert ours.keys() == theirs.keys()
+        for key in theirs:
+            assert ours[key].dtype == theirs[key].dtype
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    config = json.loads((out / "denoising_unet" / "config.json").read_text())
+    assert config["in_channels"] == 8 and config["_class_name"] == "UNetDeno2DConditionModel"
+    assert (out / "scheduler" / "scheduler_config.json").is_file()
+
+
+def test_exported_weights_load_into_the_reference(converted, torch_model, tmp_path):
+    from magicface_jax.torch_reference import TorchMagicFace
+
+    to_pytorch(converted, tmp_path / "pytorch", **QUIET)
+    loaded = TorchMagicFace.from_pretrained(tmp_path / "pytorch")
+    for ours, theirs in zip(loaded.state_dict().values(), torch_model.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_half_precision_release_round_trips(sd_folder, torch_model, tmp_path):
+    from tests.fixtures import write_release_folder
+
+    release = write_release_folder(tmp_path / "fp16", torch_model, dtype=torch.float16)
+    to_orbax(sd_folder, tmp_path / "ckpt", magicface=release, **QUIET)
+    to_pytorch(tmp_path / "ckpt", tmp_path / "back", dtype="float16", **QUIET)
+    for folder in ("ID_enc", "denoising_unet"):
+        ours = load_file(tmp_path / "back" / folder / "diffusion_pytorch_model.safetensors")
+        theirs = load_file(release / folder / "diffusion_pytorch_model.safetensors")
+        for key in theirs:
+            assert ours[key].dtype == np.float16
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
+def test_bfloat16_storage(sd_folder, release_folder, tmp_path):
+    to_orbax(sd_folder, tmp_path / "ckpt", magicface=release_folder, dtype="bfloat16", **QUIET)
+    assert checkpoint.read_info(tmp_path / "ckpt").param_dtype == "bfloat16"
+    params = checkpoint.read_params(tmp_path / "ckpt", "vae")
+    assert params["encoder"]["conv_in"]["kernel"].dtype.name == "bfloat16"
+
+
+def test_sd_initialised_model(sd_folder, torch_model, tmp_path):
+    """Without --magicface: both UNets from SD's UNet; the new input channels and the AU linear are zero."""
+    to_orbax(sd_folder, tmp_path / "ckpt", **QUIET)
+    info = checkpoint.read_info(tmp_path / "ckpt")
+    assert info.config.denoiser.in_channels == 8 and info.config.denoiser.au_dim == 12
+    sd_unet = torch_model.identity_encoder.unet.state_dict()
+    encoder = checkpoint.read_params(tmp_path / "ckpt", "identity_encoder")
+    denoiser = checkpoint.read_params(tmp_path / "ckpt", "denoiser")
+    for row in network_table(info.config.identity_encoder):
+        np.testing.assert_array_equal(get_path(encoder, row.flax_path), row_value(sd_unet, row))
+        if row.torch_key != "conv_in.weight":
+            np.testing.assert_array_equal(get_path(denoiser, row.flax_path), row_value(sd_unet, row))
+    conv_in = denoiser["conv_in"]["kernel"]  # (3, 3, 8, C)
+    np.testing.assert_array_equal(conv_in[:, :, :4], encoder["conv_in"]["kernel"])
+    assert not conv_in[:, :, 4:].any()
+    assert not denoiser[AU_EMBED_NAME]["kernel"].any() and not denoiser[AU_EMBED_NAME]["bias"].any()
+
+
+# ------------------------------------------------------------------------------------- single file
+
+
+def _ldm_state(torch_model) -> dict[str, torch.Tensor]:
+    """The tiny SD written in the original single-file layout, by our declared key functions."""
+    config = tiny_magicface_config()
+    state = {}
+    for key, value in torch_model.identity_encoder.unet.state_dict().items():
+        state[ldm.unet_ldm_key(key, config.identity_encoder)] = value
+    for key, value in torch_model.vae.state_dict().items():
+        value = value[:, :, None, None] if ldm.is_vae_attention_projection(key) else value
+        state[ldm.vae_ldm_key(key, config.vae)] = value
+    return state
+
+
+def test_ldm_names_agree_with_diffusers_converters(torch_model):
+    """diffusers' own single-file converters turn our original-layout names back into the diffusers state."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    state = _ldm_state(torch_model)
+    unet = torch_model.identity_encoder.unet
+    back = convert_ldm_unet_checkpoint(state, dict(unet.config))
+    assert back.keys() == unet.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in unet.state_dict().items())
+    vae_back = convert_ldm_vae_checkpoint(state, dict(torch_model.vae.config))
+    assert vae_back.keys() == torch_model.vae.state_dict().keys()
+    assert all(torch.equal(vae_back[k].reshape(v.shape), v) for k, v in torch_model.vae.state_dict().items())
+
+
+def test_single_file_converts_like_the_folder(
+    monkeypatch, torch_model, sd_folder, release_folder, converted, tmp_path
+):
+    """A single file gives the same parameters and prompt embedding as the diffusers folder."""
+    from transformers import CLIPTextModel
+
+    from magicface_jax.convert import layouts
+
+    text_encoder = CLIPTextModel.from_pretrained(sd_folder / "text_encoder")
+    state = _ldm_state(torch_model) | {
+        f"{ldm.CLIP_PREFIX}text_model.{k}": v for k, v in text_encoder.state_dict().items()
+    }
+    state["model_ema.decay"] = torch.tensor(0.9999)  # extra tensors outside the networks are ignored
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "sd.safetensors")
+    # A single file names no config and the reader assumes SD1.x's; the tiny model has its own.
+    tiny = tiny_magicface_config()
+    configs = layouts.SingleFileConfigs(tiny.identity_encoder, tiny.vae, text_heads=2)
+    monkeypatch.setattr(layouts, "single_file_configs", lambda source: configs)
+    to_orbax(
+        tmp_path / "sd.safetensors",
+        tmp_path / "ckpt",
+        magicface=release_folder,
+        tokenizer=sd_folder / "tokenizer",
+        **QUIET,
+    )
+    for name in ("vae", "denoiser"):
+        ours, folder = (
+            checkpoint.read_params(tmp_path / "ckpt", name),
+            checkpoint.read_params(converted, name),
+        )
+        for row in network_table(getattr(tiny_magicface_config(), name)):
+            np.testing.assert_array_equal(get_path(ours, row.flax_path), get_path(folder, row.flax_path))
+    np.testing.assert_allclose(
+        checkpoint.read_prompt_embeds(tmp_path / "ckpt"), checkpoint.read_prompt_embeds(converted), atol=1e-6
+    )
+    assert checkpoint.read_info(tmp_path / "ckpt").source["sd_layout"] == "single-file"
+
+
+def test_authors_prompt_token_ids_need_no_tokenizer():
+    from magicface_jax.config import AUTHORS_PROMPT
+    from magicface_jax.convert.layouts import _single_file_token_ids
+
+    ids = _single_file_token_ids(AUTHORS_PROMPT, None)
+    assert len(ids) == 77 and ids[0] == 49406 and ids[8:] == [49407] * 69
+    with pytest.raises(MagicFaceError, match="--tokenizer"):
+        _single_file_token_ids("a portrait", None)
+
+
+# -------------------------------------------------------------------------------------- bad inputs
+
+
+def convert_cli(*argv: str) -> int:
+    return cli.run(convert_weights.main, [str(a) for a in argv])
+
+
+def assert_refused(capsys, out: Path, *argv, match: str):
+    assert convert_cli(*argv, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert match in err, err
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}*")), "a partial output was left behind"
+
+
+def test_missing_subfolder(sd_folder, tmp_path, capsys):
+    broken = tmp_path / "sd"
+    shutil.copytree(sd_folder, broken)
+    shutil.rmtree(broken / "vae")
+    assert_refused(capsys, tmp_path / "out", "--sd", broken, match="vae/")
+
+
+def test_release_without_denoiser(sd_folder, release_folder, tmp_path, capsys):
+    broken = tmp_path / "release"
+    shutil.copytree(release_folder, broken)
+    shutil.rmtree(broken / "denoising_unet")
+    assert_refused(
+        capsys, tmp_path / "out", "--sd", sd_folder, "--magicface", broken, match="denoising_unet/"
+    )
+
+
+def _edit_release(release_folder: Path, tmp_path: Path, edit) -> Path:
+    broken = tmp_path / "release"
+    shutil.copytree(release_folder, broken)
+    weights = broken / "denoising_unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    edit(tensors)
+    from safetensors.numpy import save_file as save_numpy
+
+    save_numpy(tensors, weights)
+    return broken
+
+
+def test_wrong_shape_names_key_and_shapes(sd_folder, release_folder, tmp_path, capsys):
+    def shrink(tensors):
+        tensors["conv_out.bias"] = tensors["conv_out.bias"][:3].copy()
+
+    broken = _edit_release(release_folder, tmp_path, shrink)
+    assert_refused(capsys, tmp_path / "out", "--sd", sd_folder, "--magicface", broken, match="conv_out.bias")
+
+
+def test_unknown_and_missing_keys(sd_folder, release_folder, tmp_path, capsys):
+    def add(tensors):
+        tensors["extra.weight"] = np.zeros(3, np.float32)
+
+    broken = _edit_release(release_folder, tmp_path, add)
+    assert_refused(capsys, tmp_path / "out", "--sd", sd_folder, "--magicface", broken, match="extra.weight")
+
+    def drop(tensors):
+        del tensors["mid_block.resnets.0.conv1.bias"]
+
+    broken = _edit_release(release_folder, tmp_path / "b", drop)
+    assert_refused(capsys, tmp_path / "out", "--sd", sd_folder, "--magicface", broken, match="missing")
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    fake = tmp_path / "model.safetensors"
+    fake.write_text("this is not a checkpoint")
+    assert_refused(capsys, tmp_path / "out", "--sd", fake, match="not a readable safetensors")
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    assert_refused(capsys, tmp_path / "out", "--sd", other, match="unknown weights format")
+    assert_refused(capsys, tmp_path / "out", "--sd", tmp_path / "nowhere", match="does not exist")
+
+
+def test_existing_output_is_kept(sd_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert convert_cli("--sd", sd_folder, "--out", out) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_incomplete_checkpoint_is_refused(converted, tmp_path, capsys):
+    broken = tmp_path / "ckpt"
+    shutil.copytree(converted, broken)
+    shutil.rmtree(broken / "denoiser")
+    assert_refused(capsys, tmp_path / "out", "--to-pytorch", "--checkpoint", broken, match="incomplete")
+    assert_refused(capsys, tmp_path / "out", "--to-pytorch", match="--checkpoint")
+
+
+def test_cli_exit_code_and_one_line(tmp_path):
+    """The real entry point: exit status 2, one line on stderr, nothing written."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "convert_weights.py"),
+            "--sd",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+    assert not (tmp_path / "o").exists()

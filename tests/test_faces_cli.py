@@ -1,0 +1,139 @@
+"""`python -m magicface_jax.preprocess`: the files it writes, and the one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from magicface_jax import preprocess as cli
+from magicface_jax.cli import run
+from magicface_jax.errors import MagicFaceError
+from magicface_jax.faces.preprocess import is_available
+
+pytestmark = [
+    pytest.mark.skipif(not is_available(), reason="needs the faces extra: pip install '.[faces]'"),
+    pytest.mark.xdist_group("faces"),
+]
+
+EXAMPLE = Path(__file__).parent / "data" / "authors_examples" / "00381.png"
+
+
+def call(capsys, *argv: str) -> tuple[int, str, str]:
+    code = run(cli.main, list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *words: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_writes_face_and_background(tmp_path, capsys):
+    out = tmp_path / "out" / "nested"
+    code, stdout, err = call(capsys, "--image", str(EXAMPLE), "--out", str(out), "--size", "256")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["background.png", "face.png"]
+    for name in ("face.png", "background.png"):
+        with Image.open(out / name) as image:
+            assert image.size == (256, 256) and image.mode == "RGB"
+    background = np.asarray(Image.open(out / "background.png"))
+    assert 0.3 < (background.max(-1) == 0).mean() < 0.9
+    assert "face.png" in stdout
+
+
+def test_rgba_input_and_face_mask(tmp_path, capsys):
+    rgba = tmp_path / "face.png"
+    Image.open(EXAMPLE).convert("RGBA").save(rgba)
+    code, _, err = call(capsys, "--image", str(rgba), "--out", str(tmp_path / "out"), "--mask", "face")
+    assert code == 0, err
+    assert np.asarray(Image.open(tmp_path / "out" / "face.png")).shape == (512, 512, 3)
+
+
+def test_no_face_exits_2_and_writes_nothing(tmp_path, capsys):
+    plain = tmp_path / "wall.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 160, dtype=np.uint8), (120, 1))).save(plain)
+    out = tmp_path / "out"
+    code, _, err = call(capsys, "--image", str(plain), "--out", str(out))
+    assert_one_line_error(code, err, "no face found")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"])
+def test_unreadable_files_exit_2(tmp_path, capsys, content):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    code, _, err = call(capsys, "--image", str(bad), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, str(bad))
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_image_exits_2(tmp_path, capsys):
+    data = EXAMPLE.read_bytes()
+    bad = tmp_path / "cut.png"
+    bad.write_bytes(data[: len(data) // 2])
+    code, _, err = call(capsys, "--image", str(bad), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "cannot read image")
+
+
+def test_missing_image_and_folder_exit_2(tmp_path, capsys):
+    code, _, err = call(capsys, "--image", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "image not found", "nope.jpg")
+    code, _, err = call(capsys, "--image", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "is not a file")
+
+
+def test_out_is_a_file_exits_2(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    code, _, err = call(capsys, "--image", str(EXAMPLE), "--out", str(target))
+    assert_one_line_error(code, err, "is a file")
+
+
+def test_bad_size_exits_2(tmp_path, capsys):
+    code, _, err = call(capsys, "--image", str(EXAMPLE), "--out", str(tmp_path / "o"), "--size", "300")
+    assert_one_line_error(code, err, "multiple of 64")
+
+
+def test_bad_mask_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(cli.main, ["--image", str(EXAMPLE), "--out", str(tmp_path), "--mask", "hair"])
+    assert exit_info.value.code == 2
+
+
+def test_nothing_half_written_when_a_write_fails(tmp_path, monkeypatch):
+    """If the second image cannot be written, the first is not left behind either."""
+    saves = []
+    original = Image.Image.save
+
+    def failing_save(self, fp, *args, **kwargs):
+        saves.append(fp)
+        if len(saves) == 2:
+            raise OSError(28, "No space left on device")
+        return original(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(MagicFaceError, match="No space left"):
+        cli._write_pngs(tmp_path, {"face.png": pixels, "background.png": pixels})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_as_a_module(tmp_path):
+    """The real entry point, in a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-m", "magicface_jax.preprocess", "--image", str(tmp_path / "x.png"), "--out", "o"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: image not found: {tmp_path / 'x.png'}"
