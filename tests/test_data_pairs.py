@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 import types
 from pathlib import Path
 
@@ -16,18 +15,13 @@ from PIL import Image
 from magicface_jax.cli import run
 from magicface_jax.data import build, pairing
 from magicface_jax.data.face_render import render_face
-from magicface_jax.data.jaw_dots import draw_jaw_dots
 from magicface_jax.data.labels import read_labels
-from magicface_jax.data.magicface_pairs import (
-    REPORT_NAME,
-    MagicfacePairs,
-    MagicfacePairsConfig,
-    PairsSpec,
-    check_real_preprocess,
-)
+from magicface_jax.data.magicface_pairs import REPORT_NAME, MagicfacePairs, MagicfacePairsConfig, PairsSpec
 from magicface_jax.data.png import decode_png
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces.aus import AU_NAMES
+from magicface_jax.faces.jaw_dots import add_layer, jaw_dot_layer
+from magicface_jax.faces.preprocess import NoFaceError
 
 HEADER = ["AU01", "AU2", "AU04", "AU5", "AU6", "AU9", "au12", "AU15", "AU17", "AU20", "AU25", "AU26_r"]
 
@@ -35,13 +29,13 @@ HEADER = ["AU01", "AU2", "AU04", "AU5", "AU6", "AU9", "au12", "AU15", "AU17", "A
 def _stand_in(image, size, mask):
     """Deterministic preprocessing: resize, black centre, fixed dots; a flat image has no face."""
     if np.asarray(image).std() < 1:
-        raise MagicFaceError("no face found")
+        raise NoFaceError("no face found")
     face = np.asarray(Image.fromarray(image).resize((size, size)))
-    landmarks = np.stack([np.linspace(0.3, 0.7, 68), np.full(68, 0.7)], -1).astype(np.float32) * size
+    landmarks = np.random.default_rng(0).uniform(0.3, 0.7, (68, 2)).astype(np.float32) * size
     background = face.copy()
     background[size // 4 :, size // 4 : 3 * size // 4] = 0
     return types.SimpleNamespace(
-        face=face, background=draw_jaw_dots(background, landmarks[:17]), landmarks=landmarks
+        face=face, background=add_layer(background, jaw_dot_layer(landmarks, size)), landmarks=landmarks
     )
 
 
@@ -237,7 +231,7 @@ def test_build_reports_every_bad_image_when_pairs_need_them(tmp_path, folder):
     report = builder.report.as_dict()
     assert report["skipped"] == {"no_au_labels": 1, "unreadable": 1, "no_face": 1}
     assert report["listed"]["unreadable"][0]["file"] == "person1/broken.jpg"
-    assert "UnidentifiedImageError" in report["listed"]["unreadable"][0]["error"]
+    assert "not an image that PIL can read" in report["listed"]["unreadable"][0]["error"]
     assert report["listed"]["no_face"] == [{"file": "person0/flat.png", "error": "no face found"}]
     assert (
         report["pairs"]["train"] + report["pairs"]["test"] == 6 * 12
@@ -274,10 +268,26 @@ def test_build_without_pairs_is_an_error(tmp_path, folder):
     assert not list((tmp_path / "data").rglob("*.array_record*"))
 
 
-def test_missing_face_preprocessing_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "magicface_jax.faces.preprocess", None)  # import fails
-    with pytest.raises(MagicFaceError, match="face preprocessing is not available"):
-        check_real_preprocess()
+def test_missing_face_dependencies_stop_the_build_before_any_work(tmp_path, folder, monkeypatch):
+    from magicface_jax.faces import detect
+
+    monkeypatch.setattr(detect, "_MODULES", (*detect._MODULES, "a_module_that_is_not_installed"))
+    images, labels = folder
+    spec = PairsSpec(str(images), str(labels), resolution=64)
+    builder = MagicfacePairs(config=MagicfacePairsConfig(spec), data_dir=str(tmp_path))
+    with pytest.raises(MagicFaceError, match="a_module_that_is_not_installed"):
+        builder.download_and_prepare()
+
+
+def test_errors_other_than_no_face_are_not_skipped(tmp_path, folder):
+    def broken(image, size, mask):
+        raise MagicFaceError("size 64 is not supported")
+
+    images, labels = folder
+    spec = PairsSpec(str(images), str(labels), resolution=64)
+    builder = MagicfacePairs(config=MagicfacePairsConfig(spec), data_dir=str(tmp_path), preprocess=broken)
+    with pytest.raises(MagicFaceError, match="size 64"):
+        builder.download_and_prepare()
 
 
 def test_cli_builds_synthetic_faces(tmp_path, capsys):

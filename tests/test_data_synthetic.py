@@ -10,17 +10,18 @@ from magicface_jax.data import face_geometry as geo
 from magicface_jax.data import face_params as fp
 from magicface_jax.data.backgrounds import render_scene
 from magicface_jax.data.face_render import render_face
-from magicface_jax.data.jaw_dots import JAW_DOT_COLORS, background_condition, draw_jaw_dots
 from magicface_jax.data.png import decode_mask, decode_png
 from magicface_jax.data.synthetic_faces import (
     SyntheticFaces,
     SyntheticFacesConfig,
     SyntheticFacesSpec,
+    background_condition,
     builder_config,
     synthetic_example,
 )
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces.aus import AU_NAMES, au_index
+from magicface_jax.faces.jaw_dots import JAW_COLOURS, jaw_dot_centres, jaw_dot_layer
 
 
 def _person(seed: int, size: int = 128):
@@ -87,23 +88,6 @@ def test_landmarks_follow_the_pose():
     assert not (face.face_mask & ~face.person_mask).any()
 
 
-def test_jaw_dot_colours_are_the_authors():
-    assert JAW_DOT_COLORS.shape == (17, 3)
-    assert tuple(JAW_DOT_COLORS[0]) == (255, 0, 127) and tuple(JAW_DOT_COLORS[-1]) == (238, 169, 9)
-    assert tuple(JAW_DOT_COLORS[8]) == (250, 89, 69)
-
-
-def test_jaw_dots_are_added_not_pasted():
-    image = np.full((64, 64, 3), 100, np.uint8)
-    points = np.stack([np.linspace(10, 50, 17), np.full(17, 30.0)], -1)
-    dotted = draw_jaw_dots(image, points)
-    at = dotted[30, points[:, 0].astype(int)].astype(int)
-    assert (at >= 100).all() and (at.sum(-1) > 300).all()
-    assert (dotted[5] == 100).all()
-    with pytest.raises(ValueError):
-        draw_jaw_dots(image, points[:5])
-
-
 def test_a_pair_shares_identity_pose_and_scene_and_differs_in_aus():
     spec = SyntheticFacesSpec(resolution=64, seed=7)
     example = synthetic_example(spec, "train", 5)
@@ -118,12 +102,15 @@ def test_a_pair_shares_identity_pose_and_scene_and_differs_in_aus():
     assert example["target_aus"].min() >= 0 and example["target_aus"].max() <= 5
     # the background condition: scene kept, person black apart from the 17 jaw dots
     condition = decode_png(example["background"])
-    jaw_points = example["target_landmarks"][:17]
-    dots = draw_jaw_dots(np.zeros_like(target), jaw_points).any(-1)
+    landmarks = example["target_landmarks"]
+    dots = jaw_dot_layer(landmarks, 64).any(-1)  # drawn exactly as the face preprocessing draws them
     np.testing.assert_array_equal(condition[~person & ~dots], target[~person & ~dots])
     assert (condition[person & ~dots] == 0).all()
-    jaw = jaw_points.astype(int)
-    assert (condition[jaw[:, 1], jaw[:, 0]].max(-1) > 100).mean() > 0.8
+    centres = jaw_dot_centres(landmarks).round().astype(int)
+    assert np.linalg.norm(jaw_dot_centres(landmarks) - landmarks[:17], axis=-1).max() < 3  # near the jaw line
+    pink, orange = condition[centres[0, 1], centres[0, 0]], condition[centres[16, 1], centres[16, 0]]
+    assert pink[0] > pink[1] and orange[1] > orange[2]  # pink at landmark 0, orange at 16
+    assert tuple(JAW_COLOURS[0]) == (255, 0, 127)
     # other pairs of the same person share its identity factors, not its pose
     sibling = synthetic_example(spec, "train", 4)
     assert sibling["identity_id"] == example["identity_id"] == "train-000001"
@@ -148,11 +135,17 @@ def test_registered_and_custom_specs_both_make_builders(tmp_path):
         assert builder.spec == spec and builder.data_dir.endswith(f"synthetic_faces/{spec.name}/1.0.0")
 
 
-def test_condition_blackens_exactly_the_person():
-    identity, pose, scene = _person(2, 64)
-    face = render_face(identity, pose, _aus(AU26=3), scene)
-    condition = background_condition(face.image, face.person_mask, face.landmarks[:17])
-    np.testing.assert_array_equal(condition[~face.person_mask], scene[~face.person_mask])
+def test_condition_blackens_exactly_the_person_and_follows_the_jaw():
+    identity, pose, scene = _person(2, 128)
+    closed = render_face(identity, pose, _aus(), scene)
+    dropped = render_face(identity, pose, _aus(AU26=5), scene)
+    condition = background_condition(dropped.image, dropped.person_mask, dropped.landmarks)
+    dots = jaw_dot_layer(dropped.landmarks, 128).any(-1)
+    keep = ~dropped.person_mask & ~dots
+    np.testing.assert_array_equal(condition[keep], scene[keep])
+    assert (condition[dropped.person_mask & ~dots] == 0).all()
+    chin = jaw_dot_centres(dropped.landmarks)[8] - jaw_dot_centres(closed.landmarks)[8]
+    assert np.hypot(*chin) > 5  # the jaw drop moves the chin's dot
 
 
 def test_builds_and_reads_back_without_tensorflow(tmp_path):

@@ -20,20 +20,24 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image, ImageOps
+from PIL import Image
 
+from magicface_jax.atomic import atomic_file
 from magicface_jax.data import features, pairing
 from magicface_jax.data.labels import LabelledImage, read_labels
 from magicface_jax.data.png import encode_png
 from magicface_jax.errors import MagicFaceError
+from magicface_jax.faces.detect import require_face_dependencies
+from magicface_jax.faces.preprocess import NoFaceError, preprocess_image
+from magicface_jax.images import load_image
 
 REPORT_NAME = "build_report.json"
 MASKS = ("person", "face")
 LISTED_PER_REASON = 1000  # the report lists at most this many files per reason; counts are exact
 _log = logging.getLogger(__name__)
 
-# preprocess(image uint8 (H,W,3), size=..., mask=...) -> an object with .face, .background (uint8 (size,
-# size, 3)) and .landmarks ((68, 2)); raises MagicFaceError when it finds no face.
+# `preprocess_image`'s contract: preprocess(image uint8 (H,W,3), size=..., mask=...) -> an object with .face,
+# .background (uint8 (size, size, 3)) and .landmarks ((68, 2)); raises NoFaceError when there is no face.
 Preprocess = Callable[..., Any]
 
 
@@ -61,36 +65,6 @@ class MagicfacePairsConfig(tfds.core.BuilderConfig):
     def __init__(self, spec: PairsSpec, name: str = "default"):
         super().__init__(name=name, description=str(spec))
         self.spec = spec
-
-
-def real_preprocess(image: np.ndarray, size: int, mask: str):
-    """The project's face preprocessing (largest face, the authors' crop, the background condition)."""
-    from magicface_jax.faces.preprocess import preprocess_image
-
-    return preprocess_image(image, size=size, mask=mask)
-
-
-def check_real_preprocess() -> None:
-    """Raises MagicFaceError unless the face preprocessing and its models are installed."""
-    try:
-        from magicface_jax.faces.preprocess import is_available
-    except ImportError as err:
-        raise MagicFaceError(
-            f"face preprocessing is not available in this installation ({err}): magicface_pairs needs "
-            "magicface_jax.faces.preprocess to crop faces and build background conditions"
-        ) from None
-    if not is_available():
-        raise MagicFaceError(
-            "face preprocessing is installed but its face detector or landmark models are missing: "
-            "reinstall the package with its face extras"
-        )
-
-
-def load_image(path: Path) -> np.ndarray:
-    """uint8 (H, W, 3), upright per EXIF; raises OSError/ValueError on unreadable files."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        return np.asarray(image.convert("RGB"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,13 +103,13 @@ def _pair_person(args: tuple[int, _PersonTask]) -> _PersonResult:
             image = task.images[i]
             try:
                 pixels = load_image(Path(spec.images) / image.file)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                skipped["unreadable"].append({"file": image.file, "error": f"{type(err).__name__}: {err}"})
+            except (MagicFaceError, Image.DecompressionBombError) as err:
+                skipped["unreadable"].append({"file": image.file, "error": str(err)})
                 status[i] = False
                 return False
             try:
                 result = task.preprocess(pixels, size=spec.resolution, mask=spec.mask)
-            except MagicFaceError as err:
+            except NoFaceError as err:
                 skipped["no_face"].append({"file": image.file, "error": str(err)})
                 status[i] = False
                 return False
@@ -216,9 +190,8 @@ class BuildReport:
 
     def write(self, directory: Path) -> Path:
         path = Path(directory) / REPORT_NAME
-        partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(self.as_dict(), indent=1) + "\n")
-        partial.replace(path)
+        with atomic_file(path) as partial:
+            partial.write_text(json.dumps(self.as_dict(), indent=1) + "\n")
         return path
 
 
@@ -230,7 +203,7 @@ class MagicfacePairs(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}  # noqa: RUF012 (tfds reads a class attribute)
 
     def __init__(self, *, preprocess: Preprocess | None = None, workers: int = 1, **kwargs):
-        """`preprocess` replaces the face preprocessing (same signature as `real_preprocess`); `workers`
+        """`preprocess` replaces the face preprocessing (the contract of `preprocess_image`); `workers`
         > 1 preprocesses persons in that many processes (`preprocess` must then be picklable)."""
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
@@ -275,8 +248,8 @@ class MagicfacePairs(tfds.core.GeneratorBasedBuilder):
             )
         preprocess = self._preprocess
         if preprocess is None:
-            check_real_preprocess()
-            preprocess = real_preprocess
+            require_face_dependencies()  # before any work: one clear error, not every image skipped
+            preprocess = preprocess_image
         by_person: dict[str, list[LabelledImage]] = {}
         for image in labels.images:
             by_person.setdefault(image.identity, []).append(image)

@@ -25,6 +25,7 @@ import numpy as np
 from magicface_jax.data import features
 from magicface_jax.data.png import decode_png
 from magicface_jax.errors import MagicFaceError
+from magicface_jax.images import to_model_input
 
 # batch key <- record key
 IMAGE_FIELDS = {
@@ -121,9 +122,7 @@ def open_source(dataset: str | Path, split: str, data_dir: str | Path | None = N
 
 def decode(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A record -> the arrays a training step takes: images float32 (S, S, 3) in [-1, 1]."""
-    out = {
-        name: decode_png(record[key]).astype(np.float32) * (2 / 255) - 1 for name, key in IMAGE_FIELDS.items()
-    }
+    out = {name: to_model_input(decode_png(record[key])) for name, key in IMAGE_FIELDS.items()}
     out[features.AU_VARIATION] = np.asarray(record[features.AU_VARIATION], np.float32)
     out["index"] = np.int64(record["index"])
     return out

@@ -16,9 +16,9 @@ import tensorflow_datasets as tfds
 from magicface_jax.data import face_params, features
 from magicface_jax.data.backgrounds import render_scene
 from magicface_jax.data.face_render import render_face
-from magicface_jax.data.jaw_dots import NUM_JAW_POINTS, background_condition
 from magicface_jax.data.png import encode_png
 from magicface_jax.errors import MagicFaceError
+from magicface_jax.faces.jaw_dots import add_layer, jaw_dot_layer
 
 RESOLUTIONS = (64, 128, 512)
 SPLITS = ("train", "test")
@@ -91,6 +91,13 @@ def _factors(value) -> dict:
     return {k: np.asarray(v, np.int64 if isinstance(v, int) else np.float32) for k, v in vars(value).items()}
 
 
+def background_condition(image: np.ndarray, person_mask: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The scene of uint8 (S, S, 3) `image` with the person (bool (S, S)) black and the 17 jaw dots added
+    exactly as the face preprocessing draws them from the 68 landmarks."""
+    scene = np.where(person_mask[..., None], np.uint8(0), image)
+    return add_layer(scene, jaw_dot_layer(landmarks, image.shape[0]))
+
+
 def _sample_pair_aus(rng: np.random.Generator, active: float) -> tuple[np.ndarray, np.ndarray]:
     source = face_params.sample_aus(rng, active)
     while True:
@@ -110,7 +117,7 @@ def synthetic_example(spec: SyntheticFacesSpec, split: str, index: int) -> dict:
     backdrop = render_scene(scene, spec.resolution)
     source = render_face(identity, pose, identity_aus, backdrop)
     target = render_face(identity, pose, target_aus, backdrop)
-    condition = background_condition(target.image, target.person_mask, target.landmarks[:NUM_JAW_POINTS])
+    condition = background_condition(target.image, target.person_mask, target.landmarks)
     return {
         features.IDENTITY_IMAGE: encode_png(source.image),
         features.TARGET_IMAGE: encode_png(target.image),
