@@ -54,6 +54,7 @@ def test_batches_are_normalized_nhwc(source):
         assert batch[key].shape == (4, 64, 64, 3) and batch[key].dtype == np.float32
         assert -1 <= batch[key].min() < 0 < batch[key].max() <= 1
     assert batch["au_variation"].shape == (4, 12) and batch["au_variation"].dtype == np.float32
+    assert batch["index"].dtype == np.int32
     record = source[int(batch["index"][0])]
     np.testing.assert_array_equal(batch["au_variation"][0], record["au_variation"])
 

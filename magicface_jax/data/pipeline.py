@@ -4,7 +4,7 @@ and normalizes the images, batches and prefetches; the iterator's state is check
     source = open_source("synthetic_faces/128px", "train", data_dir=DIR)
     iterator = iter(make_dataset(source, InputConfig(global_batch_size=32)))
     batch = next(iterator)  # {'identity', 'target', 'background': float32 (B, S, S, 3) in [-1, 1],
-                            #  'au_variation': float32 (B, 12), 'index': int64 (B,)}
+                            #  'au_variation': float32 (B, 12), 'index': int32 (B,)}
     state = iterator.get_state()  # a JSON-able dict; a fresh iterator then `set_state(state)` goes on exactly
 
 With orbax, checkpoint the iterator beside the train state: `grain.checkpoint.CheckpointSave(iterator)` and
@@ -124,7 +124,7 @@ def decode(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A record -> the arrays a training step takes: images float32 (S, S, 3) in [-1, 1]."""
     out = {name: to_model_input(decode_png(record[key])) for name, key in IMAGE_FIELDS.items()}
     out[features.AU_VARIATION] = np.asarray(record[features.AU_VARIATION], np.float32)
-    out["index"] = np.int64(record["index"])
+    out["index"] = np.int32(record["index"])  # JAX's default integer width
     return out
 
 
