@@ -163,3 +163,63 @@ class TorchMagicFace(torch.nn.Module):
         model.denoiser.load_magicface_state_dict(denoiser_state)
         model.vae.load_state_dict(vae_state)
         return model.eval()
+
+
+def authors_unipc(scheduler_config: dict):
+    """The authors' sampler: `UniPCMultistepScheduler.from_config(<SD1.5 config>)` as their pinned diffusers
+    (0.25) computes it; newer diffusers need `final_sigmas_type="sigma_min"` for the same last step."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler.from_config(scheduler_config, final_sigmas_type="sigma_min")
+
+
+@torch.no_grad()
+def authors_edit(
+    model: TorchMagicFace,
+    source: torch.Tensor,
+    background: torch.Tensor,
+    au: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    scheduler,
+    num_inference_steps: int,
+    guidance_scale: float,
+    latents: torch.Tensor,
+    decode: bool = True,
+) -> torch.Tensor:
+    """The authors' sampling loop, step for step: images (B, 3, H, W) in [-1, 1] -> images in [0, 1]
+    (or the final latents with `decode=False`).
+
+    As their pipeline does it: source and background latents are the unscaled posterior modes; guidance is
+    on for scales ≥ 1 over the batch [AU ; AU = 0] with everything else duplicated; the identity encoder runs
+    once, at timestep 0, on the duplicated batch; the noise prediction makes a round trip through x-space
+    when the scheduler has `sigmas` (UniPC does); the final latents are divided by the scaling factor.
+    """
+    scheduler.set_timesteps(num_inference_steps)
+    guided = guidance_scale >= 1.0
+
+    def double(x):
+        return torch.cat([x, x]) if guided else x
+
+    source_latents = double(model.vae.encode(source).latent_dist.mode())
+    background_latents = double(model.vae.encode(background).latent_dist.mode())
+    au = torch.cat([au, torch.zeros_like(au)]) if guided else au
+    prompt = prompt_embeds.expand(source_latents.shape[0], -1, -1)
+    features = model.identity_encoder(source_latents, prompt)
+    latents = latents * scheduler.init_noise_sigma
+    in_sigma_space = hasattr(scheduler, "sigmas")
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(double(latents), t)
+        noise_pred = model.denoiser(model_input, background_latents, au, t, features, prompt)
+        if in_sigma_space:
+            sigma = scheduler.sigmas[(scheduler.timesteps == t).nonzero()[0].item()]
+            noise_pred = model_input - sigma * noise_pred
+        if guided:
+            cond, uncond = noise_pred.chunk(2)
+            noise_pred = uncond + guidance_scale * (cond - uncond)
+        if in_sigma_space:
+            noise_pred = (noise_pred - latents) / (-sigma)
+        latents = scheduler.step(noise_pred, t, latents).prev_sample
+    if not decode:
+        return latents
+    images = model.vae.decode(latents / model.vae.config.scaling_factor).sample
+    return (images / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,169 @@
+"""MagicFacePipeline: the public model API, the sampling loop against the authors' loop in PyTorch, sharding
+over devices, and bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from magicface_jax.convert.convert import to_pytorch
+from magicface_jax.errors import MagicFaceError
+from magicface_jax.parallel.mesh import data_mesh
+from magicface_jax.pipeline import MagicFacePipeline
+from magicface_jax.torch_reference import TorchMagicFace, authors_edit, authors_unipc
+from tests.fixtures import nchw, nhwc
+
+SIZE = 64  # pixels; latents are 8x8
+
+
+def images(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+AU = np.array([[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 3, 0, -4, 0, 0, 0, 1, 0]], np.float32)
+
+
+@pytest.fixture(scope="module")
+def pipe(converted):
+    return MagicFacePipeline.from_pretrained(converted, mesh=data_mesh(jax.devices()[:1]))
+
+
+@pytest.fixture(scope="module")
+def torch_pipe(converted, tmp_path_factory):
+    """The PyTorch reference, loaded from the weights that `--to-pytorch` exports."""
+    out = tmp_path_factory.mktemp("exported") / "pytorch"
+    to_pytorch(converted, out, log=lambda _: None)
+    return TorchMagicFace.from_pretrained(out), torch.from_numpy(pipe_prompt(converted))
+
+
+def pipe_prompt(converted) -> np.ndarray:
+    from magicface_jax.checkpoint import read_prompt_embeds
+
+    return read_prompt_embeds(converted)
+
+
+def test_public_api(pipe):
+    sources = images(2, 0).astype(np.float32) / 127.5 - 1
+    latents = pipe.vae_encode(sources)
+    assert latents.shape == (2, 8, 8, 4)
+    assert pipe.vae_decode(latents).shape == (2, SIZE, SIZE, 3)
+    features = pipe.identity_features(latents)
+    assert len(features) == 16 and features[0].shape == (2, 64, 32)
+    noise = pipe.predict_noise(latents, latents, AU, 500, features)
+    assert noise.shape == (2, 8, 8, 4)
+    np.testing.assert_allclose(
+        pipe.predict_noise(latents, latents, AU, np.array([500, 500]), features), noise
+    )
+    assert pipe.prompt_embeds.shape == (1, 77, 32)
+
+
+@pytest.mark.parametrize("guidance", [1.5, 3.0, 1.0])
+def test_sampling_matches_the_authors_loop(pipe, torch_pipe, converted, guidance):
+    """Eight UniPC steps with AU guidance give the authors' final latents (max |diff| <= 1e-3)."""
+    from magicface_jax.checkpoint import read_info
+
+    model, prompt = torch_pipe
+    sources, backgrounds = images(2, 1), images(2, 2)
+    noise = np.random.default_rng(3).standard_normal((2, 8, 8, 4)).astype(np.float32)
+    ours = pipe(sources, backgrounds, AU, 8, guidance, latents=noise, output_type="latent")
+    expected = authors_edit(
+        model,
+        torch.from_numpy(nchw(sources.astype(np.float32) / 127.5 - 1)),
+        torch.from_numpy(nchw(backgrounds.astype(np.float32) / 127.5 - 1)),
+        torch.from_numpy(AU),
+        prompt,
+        authors_unipc(read_info(converted).scheduler),
+        8,
+        guidance,
+        torch.from_numpy(nchw(noise)),
+        decode=False,
+    ).numpy()
+    assert np.abs(ours - nhwc(expected)).max() <= 1e-3
+
+
+def test_images_decode_like_the_authors(pipe, torch_pipe, converted):
+    from magicface_jax.checkpoint import read_info
+
+    model, prompt = torch_pipe
+    source = images(1, 4)
+    noise = np.random.default_rng(5).standard_normal((1, 8, 8, 4)).astype(np.float32)
+    ours = pipe(source, source, AU[:1], 2, 1.5, latents=noise, output_type="np")
+    as_input = torch.from_numpy(nchw(source.astype(np.float32) / 127.5 - 1))
+    scheduler = authors_unipc(read_info(converted).scheduler)
+    expected = authors_edit(
+        model,
+        as_input,
+        as_input,
+        torch.from_numpy(AU[:1]),
+        prompt,
+        scheduler,
+        2,
+        1.5,
+        torch.from_numpy(nchw(noise)),
+    )
+    assert ours.shape == (1, SIZE, SIZE, 3) and ours.min() >= 0 and ours.max() <= 1
+    assert np.abs(ours - nhwc(expected.numpy())).max() <= 1e-3
+    pil = pipe(source, source, AU[:1], 2, 1.5, latents=noise)
+    assert pil[0].size == (SIZE, SIZE) and pil[0].mode == "RGB"
+
+
+def test_batch_sharded_over_8_devices_equals_one_device(converted, pipe):
+    assert len(jax.devices()) == 8
+    sharded = MagicFacePipeline.from_pretrained(converted)
+    assert sharded.num_devices == 8
+    sources, backgrounds = images(5, 6), images(5, 7)
+    au = np.tile(AU, (3, 1))[:5]
+    ours = sharded(sources, backgrounds, au, 3, 3.0, seed=11, output_type="np")
+    single = pipe(sources, backgrounds, au, 3, 3.0, seed=11, output_type="np")
+    assert ours.shape == (5, SIZE, SIZE, 3)
+    np.testing.assert_allclose(ours, single, atol=1e-5)
+
+
+def test_pmap_variant_equals_shard_map(converted, pipe):
+    sources = images(3, 9)
+    sharded = MagicFacePipeline.from_pretrained(converted)
+    ours = sharded.edit_pmap(sources, sources, AU[:1], 2, 3.0, seed=4, output_type="np")
+    np.testing.assert_allclose(
+        ours, pipe(sources, sources, AU[:1], 2, 3.0, seed=4, output_type="np"), atol=1e-5
+    )
+
+
+def test_seed_and_broadcast(pipe):
+    source = images(1, 8)
+    first = pipe(source, source, AU, 2, 3.0, seed=1, output_type="latent")
+    assert first.shape == (2, 8, 8, 4)
+    np.testing.assert_array_equal(first, pipe(source, source, AU, 2, 3.0, seed=1, output_type="latent"))
+    assert np.abs(first - pipe(source, source, AU, 2, 3.0, seed=2, output_type="latent")).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_inference_steps": 0}, "≥ 1"),
+        ({"guidance_scale": -1.0}, "≥ 0"),
+        ({"scheduler": "heun"}, "unknown sampler"),
+        ({"output_type": "tensor"}, "output_type"),
+        ({"au": {"AU3": 1}}, "unknown action unit"),
+        ({"au": np.zeros((2, 11))}, "shape"),
+        ({"background": images(1, 0)[:, :32]}, "same size"),
+        ({"source": images(2, 0)[:, :60, :60], "background": images(2, 0)[:, :60, :60]}, "multiples of 8"),
+        ({"source": images(3, 0), "background": images(2, 0)}, "give 1 or 3"),
+        ({"latents": np.zeros((1, 4, 4, 4))}, "latents have shape"),
+    ],
+)
+def test_bad_input(pipe, change, message):
+    arguments = {"source": images(1, 0), "background": images(1, 0), "au": AU[:1]} | change
+    with pytest.raises(MagicFaceError, match=message):
+        pipe(**arguments)
+
+
+def test_out_of_range_variation_warns(pipe):
+    source = images(1, 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe.prepare(source, source, {"AU12": 14})
+    assert any("AU12" in str(w.message) and "[-10, 10]" in str(w.message) for w in caught)
