@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from magicface_jax.assets import AUTHORS_EXAMPLES
 from magicface_jax.data.magicface_pairs import MagicfacePairs, MagicfacePairsConfig, PairsSpec
 from magicface_jax.data.pairing import PairingConfig
 from magicface_jax.data.png import decode_png
@@ -17,7 +17,6 @@ from magicface_jax.faces.jaw_dots import JAW_COLOURS
 from magicface_jax.faces.preprocess import is_available, preprocess_image
 from magicface_jax.images import load_image
 
-EXAMPLES = Path(__file__).parent / "data" / "authors_examples"
 NAMES = ("00381", "00512")
 
 pytestmark = pytest.mark.skipif(not is_available(), reason="face preprocessing dependencies not installed")
@@ -32,7 +31,7 @@ def test_build_from_the_authors_faces(tmp_path):
     for k, name in enumerate(NAMES):
         folder = images / f"person{name}"
         folder.mkdir(parents=True)
-        face = load_image(EXAMPLES / f"{name}.png")
+        face = load_image(AUTHORS_EXAMPLES / f"{name}.png")
         Image.fromarray(face).save(folder / "a.png")
         Image.fromarray(np.ascontiguousarray(face[:, ::-1])).save(folder / "b.png")
         rows += [[f"person{name}/a.png", *[k] * 12], [f"person{name}/b.png", *[k + 2.5] * 12]]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from magicface_jax.assets import AUTHORS_EXAMPLES
 from magicface_jax.faces.crop import crop_matrix
 from magicface_jax.faces.jaw_dots import JAW_COLOURS, jaw_dot_centres
 from magicface_jax.faces.preprocess import build_background, is_available, preprocess_image
@@ -17,12 +16,11 @@ pytestmark = [
     pytest.mark.xdist_group("faces"),
 ]
 
-DATA = Path(__file__).parent / "data" / "authors_examples"
 EXAMPLES = ("00025", "00381", "00512")
 
 
 def _load(name: str) -> np.ndarray:
-    return np.asarray(Image.open(DATA / f"{name}.png").convert("RGB"))
+    return np.asarray(Image.open(AUTHORS_EXAMPLES / f"{name}.png").convert("RGB"))
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from magicface_jax import preprocess as cli
+from magicface_jax.assets import AUTHORS_EXAMPLES
 from magicface_jax.cli import run
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces.preprocess import is_available
@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.xdist_group("faces"),
 ]
 
-EXAMPLE = Path(__file__).parent / "data" / "authors_examples" / "00381.png"
+EXAMPLE = AUTHORS_EXAMPLES / "00381.png"
 
 
 def call(capsys, *argv: str) -> tuple[int, str, str]:
