@@ -1,0 +1,352 @@
+"""`sample.py`: edits, the authors' flags, sweeps, JSONL files, the demo, and every bad input (one-line error,
+exit status 2, no output)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import sample
+from magicface_jax import checkpoint, demo
+from magicface_jax.assets import AUTHORS_EXAMPLES
+from magicface_jax.cache import CACHE_ENV
+from magicface_jax.cli import run
+from magicface_jax.editing import commands
+from magicface_jax.faces import preprocess as faces
+from magicface_jax.parallel.mesh import data_mesh
+from magicface_jax.pipeline import MagicFacePipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64
+STEPS = ("--steps", "2")
+
+
+@functools.cache
+def one_device_pipeline(directory, dtype=None):
+    """Loaded once per checkpoint for the whole module, on one device (a batch of one would otherwise run
+    on each of the 8 virtual devices), so that its compiled programs are shared by the tests."""
+    return MagicFacePipeline.from_pretrained(directory, dtype=dtype, mesh=data_mesh(jax.devices()[:1]))
+
+
+@pytest.fixture(autouse=True)
+def _one_device(monkeypatch):
+    monkeypatch.setattr(commands, "load_pipeline", one_device_pipeline)
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory) -> tuple[Path, Path]:
+    """The authors' example 00381 and its background condition at 64x64."""
+    folder = tmp_path_factory.mktemp("face")
+    for name in ("00381", "00381_bg"):
+        image = Image.open(AUTHORS_EXAMPLES / f"{name}.png").convert("RGB")
+        image.resize((SIZE, SIZE), Image.Resampling.LANCZOS).save(folder / f"{name}.png")
+    return folder / "00381.png", folder / "00381_bg.png"
+
+
+def call(capsys, *argv) -> tuple[int, str, str]:
+    code = run(sample.main, [str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def edit(capsys, converted, face, out, *extra) -> tuple[int, str, str]:
+    image, background = face
+    return call(capsys, "--checkpoint", converted, "--image", image, "--background", background, *STEPS,
+                "--out", out, *extra)  # fmt: skip
+
+
+def assert_one_line_error(code: int, err: str, *words: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def read(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+# ------------------------------------------------------------------------------------------------- edits
+
+
+def test_one_edit(capsys, converted, face, tmp_path):
+    out = tmp_path / "out" / "edit.png"
+    code, stdout, err = edit(capsys, converted, face, out, "--au", "AU4=+4,AU1=+2")
+    assert code == 0, err
+    assert read(out).shape == (SIZE, SIZE, 3)
+    assert "AU4=+4, AU1=+2" in stdout and f"wrote {out}" in stdout and "compiled" in stdout
+    assert [p.name for p in out.parent.iterdir()] == ["edit.png"]  # no temporary file left
+
+
+def test_authors_flags_give_the_same_edit(capsys, converted, face, tmp_path):
+    image, background = face
+    ours, theirs = tmp_path / "ours.png", tmp_path / "theirs"
+    assert edit(capsys, converted, face, ours, "--au", "AU4=+4,AU1=+2")[0] == 0
+    code, _, err = call(capsys, "--checkpoint", converted, "--img_path", image, "--bg_path", background,
+                        "--au_test", "AU4+AU1", "--AU_variation", "4+2", "--inference_steps", "2",
+                        "--saved_path", theirs)  # fmt: skip
+    assert code == 0, err
+    np.testing.assert_array_equal(read(theirs / "00381.png"), read(ours))
+
+
+def test_sweep_grid(capsys, converted, face, tmp_path):
+    out = tmp_path / "sweep.png"
+    code, stdout, err = edit(
+        capsys, converted, face, out, "--sweep", "AU12=-6:6:2", "--sweep", "AU4=0:4:2", "--au", "AU1=+1"
+    )
+    assert code == 0, err
+    grid = read(out)
+    assert grid.shape == (2 * SIZE, (1 + 2) * SIZE, 3)
+    source = read(face[0])
+    np.testing.assert_array_equal(grid[SIZE // 2 : SIZE, :SIZE], source[SIZE // 2 :])  # below the label
+    columns = [grid[SIZE // 2 : SIZE, c * SIZE : (c + 1) * SIZE] for c in (1, 2)]
+    assert not np.array_equal(*columns)  # the intensities differ
+    assert "compiled 1 program(s)" in stdout and "ran 4 edit(s)" in stdout  # one batch of 2 per row
+
+
+def test_edits_file(capsys, converted, face, tmp_path):
+    image, background = face
+    single = tmp_path / "single.png"
+    assert edit(capsys, converted, face, single, "--au", "AU4=+4,AU1=+2", "--seed", "5")[0] == 0
+    edits = tmp_path / "batch" / "edits.jsonl"
+    edits.parent.mkdir()
+    pair = {"image": str(image), "background": str(background)}
+    records = [
+        {**pair, "au": {"AU4": 4, "AU1": 2}, "out": "a.png", "seed": 5},
+        {**pair, "au": "AU12=+3", "out": "sub/b.png"},
+        {**pair, "au": {"AU12": -3}, "out": "c.png"},
+    ]
+    edits.write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, stdout, err = call(capsys, "--checkpoint", converted, "--edits", edits, *STEPS, "--batch-size", "2")
+    assert code == 0, err
+    outputs = [edits.parent / name for name in ("a.png", "sub/b.png", "c.png")]
+    assert all(read(path).shape == (SIZE, SIZE, 3) for path in outputs)
+    assert "compiled 1 program(s)" in stdout  # the short last batch is padded to the same shape
+    # The same seed gives the same edit alone or in a batch (up to float rounding).
+    difference = np.abs(read(outputs[0]).astype(int) - read(single).astype(int))
+    assert difference.max() <= 2
+
+
+def test_rgba_and_grayscale_inputs_run(capsys, converted, face, tmp_path):
+    image, background = face
+    rgba, gray = tmp_path / "rgba.png", tmp_path / "gray.png"
+    Image.open(image).convert("RGBA").save(rgba)
+    Image.open(image).convert("L").save(gray)
+    for source in (rgba, gray):
+        out = tmp_path / f"{source.stem}_out.png"
+        code, _, err = edit(capsys, converted, (source, background), out, "--au", "AU12=+2")
+        assert code == 0, err
+        assert read(out).shape == (SIZE, SIZE, 3)
+
+
+def test_out_of_range_intensity_warns_in_one_line(capsys, converted, face, tmp_path):
+    out = tmp_path / "strong.png"
+    code, _, err = edit(capsys, converted, face, out, "--au", "AU12=+12")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ") and "AU12" in line]
+    assert len(warnings) == 1 and "[-10, 10]" in warnings[0]
+    assert "UserWarning" not in err
+    assert out.exists()
+
+
+@pytest.mark.skipif(not faces.is_available(), reason="needs the faces extra: pip install '.[faces]'")
+def test_missing_background_is_computed(capsys, converted, face, tmp_path):
+    out = tmp_path / "computed.png"
+    code, _, err = call(capsys, "--checkpoint", converted, "--image", face[0], *STEPS, "--au", "AU12=+2",
+                        "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert "computed the background condition" in err
+    assert read(out).shape == (SIZE, SIZE, 3)
+
+
+def test_missing_background_without_preprocessing(capsys, converted, face, tmp_path, monkeypatch):
+    monkeypatch.setattr(faces, "is_available", lambda: False)
+    out = tmp_path / "none.png"
+    code, _, err = call(
+        capsys, "--checkpoint", converted, "--image", face[0], "--au", "AU12=+2", "--out", out
+    )
+    assert_one_line_error(code, err, "no background", "python -m magicface_jax.preprocess", "[faces]")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _not_an_image(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    return path
+
+
+def _truncated(tmp_path: Path, face) -> Path:
+    path = tmp_path / "truncated.png"
+    path.write_bytes(face[0].read_bytes()[:300])
+    return path
+
+
+def _sized(tmp_path: Path, size: int, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(path)
+    return path
+
+
+def _without(tmp_path: Path, converted: Path, missing: str) -> Path:
+    """A copy of the checkpoint (its parts linked) lacking one part."""
+    broken = tmp_path / f"without_{missing}"
+    broken.mkdir()
+    for part in converted.iterdir():
+        if part.name != missing:
+            (broken / part.name).symlink_to(part)
+    return broken
+
+
+def _empty_component(tmp_path: Path, converted: Path) -> Path:
+    broken = _without(tmp_path, converted, "denoiser")
+    (broken / "denoiser").mkdir()
+    return broken
+
+
+VALID_AUS = "AU1, AU2, AU4, AU5, AU6, AU9, AU12, AU15, AU17, AU20, AU25, AU26"
+
+BAD_INPUTS = {
+    "unknown AU": (lambda t, c, f: {"--au": "AU3=+2"}, ["AU3", VALID_AUS]),
+    "non-numeric intensity": (lambda t, c, f: {"--au": "AU4=strong"}, ["AU4", "'strong' is not a number"]),
+    "authors' flags mismatch": (
+        lambda t, c, f: {"--au_test": "AU4+AU1", "--AU_variation": "4"},
+        ["one value"],
+    ),
+    "missing image": (lambda t, c, f: {"--image": t / "nowhere.png"}, ["not found", "nowhere.png"]),
+    "missing background": (lambda t, c, f: {"--background": t / "nobg.png"}, ["not found", "nobg.png"]),
+    "unreadable image": (lambda t, c, f: {"--image": _truncated(t, f)}, ["truncated.png"]),
+    "not an image": (lambda t, c, f: {"--image": _not_an_image(t)}, ["notes.png", "not an image"]),
+    "a folder as image": (lambda t, c, f: {"--image": t}, ["is not a file"]),
+    "sizes differ": (
+        lambda t, c, f: {"--background": _sized(t, 72, "bg72")},
+        ["64x64", "72x72", "same size"],
+    ),
+    "size not a multiple of 8": (
+        lambda t, c, f: {"--image": _sized(t, 60, "a60"), "--background": _sized(t, 60, "b60")},
+        ["60x60", "multiples of 8"],
+    ),
+    "steps < 1": (lambda t, c, f: {"--steps": "0"}, ["steps", "≥ 1"]),
+    "steps not a number": (lambda t, c, f: {"--steps": "ten"}, ["--steps", "'ten'"]),
+    "guidance < 0": (lambda t, c, f: {"--guidance": "-1"}, ["guidance", "≥ 0"]),
+    "unknown sampler": (lambda t, c, f: {"--sampler": "plms"}, ["--sampler", "plms"]),
+    "no checkpoint": (lambda t, c, f: {"--checkpoint": t / "nockpt"}, ["nockpt", "does not exist"]),
+    "checkpoint without manifest": (
+        lambda t, c, f: {"--checkpoint": _without(t, c, "magicface.json")},
+        ["magicface.json", "convert_weights.py"],
+    ),
+    "checkpoint without a component": (
+        lambda t, c, f: {"--checkpoint": _without(t, c, "vae")},
+        ["incomplete", "vae"],
+    ),
+    "checkpoint with an empty component": (
+        lambda t, c, f: {"--checkpoint": _empty_component(t, c)},
+        ["denoiser", "convert it again"],
+    ),
+    "unknown output format": (lambda t, c, f: {"--out": t / "edit.xyz"}, ["unknown image format"]),
+    "bad sweep": (lambda t, c, f: {"--sweep": "AU12=-6:6"}, ["AU=start:stop:count"]),
+    "authors' model flag": (lambda t, c, f: {"--denoising_unet_path": "x"}, ["convert_weights.py"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input(capsys, converted, face, tmp_path, case):
+    make, words = BAD_INPUTS[case]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    image, background = face
+    options = {"--checkpoint": converted, "--image": image, "--background": background, "--au": "AU4=+4",
+               "--out": tmp_path / "out" / "edit.png", "--steps": "2"}  # fmt: skip
+    given = make(bad, converted, face)
+    if "--au_test" in given:
+        del options["--au"]
+    options.update(given)
+    code, _, err = call(capsys, *(item for pair in options.items() for item in pair))
+    assert_one_line_error(code, err, *words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_edits_file_runs_nothing(capsys, converted, face, tmp_path):
+    image, background = face
+    edits = tmp_path / "edits.jsonl"
+    good = {"image": str(image), "background": str(background), "au": {"AU12": 2}, "out": "ok.png"}
+    bad = {**good, "au": {"AU12": "lots"}, "out": "bad.png"}
+    edits.write_text(f"{json.dumps(good)}\n\n{json.dumps(bad)}\n")
+    code, _, err = call(capsys, "--checkpoint", converted, "--edits", edits)
+    assert_one_line_error(code, err, f"{edits} line 3", "AU12", "not a number")
+    assert not (tmp_path / "ok.png").exists()
+    code, _, err = call(capsys, "--checkpoint", converted, "--edits", edits, "--image", image)
+    assert_one_line_error(code, err, "--edits", "--image")
+
+
+# ------------------------------------------------------------------------------------------------- demo
+
+
+@pytest.fixture
+def demo_cache(tmp_path_factory, monkeypatch) -> Path:
+    root = tmp_path_factory.getbasetemp() / "demo-cache"
+    monkeypatch.setenv(CACHE_ENV, str(root))
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored after --demo adds to it
+    return root
+
+
+def test_demo(capsys, demo_cache, tmp_path):
+    out = tmp_path / "demo.png"
+    code, stdout, err = call(capsys, "--demo", *STEPS, "--size", SIZE, "--out", out)
+    assert code == 0, err
+    assert "RANDOM weights" in err and "not a real edit" in err
+    assert (demo_cache / "demo-tiny" / "magicface.json").is_file()
+    assert "00381.png" in stdout and "AU4=+4, AU1=+2" in stdout and "2 unipc steps" in stdout
+    assert read(out).shape == (SIZE, SIZE, 3)
+    # The checkpoint is generated once; explicit flags replace the demo's defaults.
+    code, stdout, err = call(capsys, "--demo", *STEPS, "--size", SIZE, "--au", "AU12=+3", "--out", out)
+    assert code == 0, err
+    assert "generated" not in stdout and "AU12=+3" in stdout and "AU4" not in stdout
+
+
+def test_demo_checkpoint_is_deterministic(demo_cache, tmp_path):
+    demo.write_demo_checkpoint(tmp_path / "again")
+    directory, _ = demo.ensure_demo_checkpoint()
+    for name in ("denoiser", "vae"):
+        first = jax.tree.leaves(checkpoint.read_params(directory, name))
+        second = jax.tree.leaves(checkpoint.read_params(tmp_path / "again", name))
+        assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def _script(*argv, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_entry_point_exit_status_on_bad_input(tmp_path):
+    result = _script(
+        "--demo", "--au", "AU3=+1", "--out", tmp_path / "x.png", env={**os.environ, CACHE_ENV: str(tmp_path)}
+    )
+    assert_one_line_error(result.returncode, result.stderr, "AU3")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the demo checkpoint
+
+
+@pytest.mark.slow
+def test_entry_point_demo(tmp_path, demo_cache):
+    out = tmp_path / "demo.png"
+    result = _script("--demo", *STEPS, "--size", SIZE, "--out", out, env=os.environ.copy())
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout and out.is_file()
