@@ -56,7 +56,8 @@ def _open(directory: str | Path, settings: EditSettings, dtype: str | None, log:
 def _report(editor: Editor, count: int, log: Log) -> None:
     timing = editor.timing
     log(
-        f"compiled {timing.compilations} program(s) in {timing.compile_seconds:.1f} s; "
+        f"compiled {timing.compilations} program(s): traced in {timing.lower_seconds:.1f} s, compiled in "
+        f"{timing.compile_seconds:.1f} s; "
         f"ran {count} edit(s) in {timing.run_seconds:.2f} s ({timing.run_seconds / count:.2f} s per edit)"
     )
 
