@@ -62,12 +62,28 @@ def _report(editor: Editor, count: int, log: Log) -> None:
     )
 
 
-def _describe(images: EditImages, settings: EditSettings, seed: int | None) -> str:
+def _describe(images: EditImages, settings: EditSettings, seed: int) -> str:
     height, width = images.source.shape[:2]
-    seeded = "" if seed is None else f", seed {seed}"
-    return (
-        f"{width}x{height}, {settings.steps} {settings.sampler} steps, guidance {settings.guidance}{seeded}"
-    )
+    sampling = f"{settings.steps} {settings.sampler} steps, guidance {settings.guidance}"
+    return f"{width}x{height}, {sampling}, seed {seed}"
+
+
+def _inputs(
+    checkpoint_dir: str | Path | None,
+    image: str | Path,
+    background: str | Path | None,
+    out: str | Path,
+    size: int | None,
+    mask: str,
+    note: Log,
+) -> tuple[Path, EditImages]:
+    """The output path and the images of one face, all checked (the checkpoint's completeness too)."""
+    factor = _factor(checkpoint_dir)
+    out = check_output(out, (Path(image), None if background is None else Path(background)))
+    images = load_images(image, background, factor=factor, size=size, mask=mask)
+    for message in images.notes:
+        note(message)
+    return out, images
 
 
 def edit_image(
@@ -86,11 +102,7 @@ def edit_image(
     note: Log = print_note,
 ) -> Path:
     """One edit of a face crop; writes `out` and returns its path."""
-    factor = _factor(checkpoint_dir)
-    out = check_output(out, (Path(image), None if background is None else Path(background)))
-    images = load_images(image, background, factor=factor, size=size, mask=mask)
-    for message in images.notes:
-        note(message)
+    out, images = _inputs(checkpoint_dir, image, background, out, size, mask, note)
     editor = _open(checkpoint_dir, settings, dtype, log)
     log(f"editing {image} ({_describe(images, settings, seed)}): {format_edit(edit)}")
     height, width = images.source.shape[:2]
@@ -120,11 +132,7 @@ def edit_sweep(
     note: Log = print_note,
 ) -> Path:
     """A grid of AU sweeps of one face (see `sweep.py`); writes `out` and returns its path."""
-    factor = _factor(checkpoint_dir)
-    out = check_output(out, (Path(image), None if background is None else Path(background)))
-    images = load_images(image, background, factor=factor, size=size, mask=mask)
-    for message in images.notes:
-        note(message)
+    out, images = _inputs(checkpoint_dir, image, background, out, size, mask, note)
     editor = _open(checkpoint_dir, settings, dtype, log)
     on_top = f" on top of {format_edit(base)}" if base else ""
     names = ", ".join(f"{s.au} over {len(s.values)} values" for s in sweeps)
@@ -163,7 +171,7 @@ def edit_file(
     batch_size = batch_size or editor.num_devices
     log(
         f"editing {len(lines)} image(s) from {edits} ({settings.steps} {settings.sampler} steps, guidance "
-        f"{settings.guidance:g}), up to {batch_size} per batch"
+        f"{settings.guidance}), up to {batch_size} per batch"
     )
     jsonl.run_edits(editor, lines, images, batch_size, progress=progress)
     _report(editor, len(lines), log)
