@@ -49,6 +49,7 @@ from magicface_jax.parallel.mesh import (
 )
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+PARALLELISMS = ("shard_map", "pmap")
 DEFAULT_GUIDANCE = 3.0  # the paper's best (Table IV); the authors' script uses 1.5
 
 AUInput = Mapping[str, float] | Sequence[float] | np.ndarray
@@ -167,7 +168,7 @@ class MagicFacePipeline:
         self.params = replicate(params, self.mesh)
         self.prompt_embeds = replicate(np.asarray(prompt_embeds, np.float32), self.mesh)
         self._programs: dict[tuple, Any] = {}
-        self._replicas = None  # parameters stacked per local device, for `edit_pmap`
+        self._replicas = None  # parameters stacked per local device, for parallelism="pmap"
 
     @classmethod
     def from_pretrained(
@@ -293,25 +294,41 @@ class MagicFacePipeline:
         return self._programs[key]
 
     def compiled(
-        self, request: EditRequest, sampler: Sampler, guidance_scale: float, output_type: str = "pil"
+        self,
+        request: EditRequest,
+        sampler: Sampler,
+        guidance_scale: float,
+        output_type: str = "pil",
+        parallelism: str = "shard_map",
     ):
-        """The compiled program and its arguments for a request (for benchmarks: cost analysis, timing)."""
-        program = self._program(guidance_scale != 1.0, output_type != "latent")
-        sharding = batch_sharded(self.mesh)
+        """The compiled program and its arguments for a request (benchmarks use it for cost analysis and
+        timing). `parallelism`: "shard_map" over the mesh, or "pmap" over this process's devices."""
+        guided, decode = guidance_scale != 1.0, output_type != "latent"
         arrays = [
             to_model_input(request.sources),
             to_model_input(request.backgrounds),
             request.au,
             request.noise,
         ]
-        args = (
+        scale = jnp.float32(guidance_scale)
+        if parallelism == "pmap":
+            devices = jax.local_devices()
+            per_device = [pad_batch(a, len(devices)).reshape(len(devices), -1, *a.shape[1:]) for a in arrays]
+            return self._pmap_program(guided, decode), (
+                *self._pmap_replicas(devices),
+                *per_device,
+                scale,
+                sampler,
+            )
+        sharding = batch_sharded(self.mesh)
+        global_arrays = (to_global(pad_batch(a, self.num_devices), sharding) for a in arrays)
+        return self._program(guided, decode), (
             self.params,
             self.prompt_embeds,
-            *(to_global(pad_batch(a, self.num_devices), sharding) for a in arrays),
-            jnp.float32(guidance_scale),
+            *global_arrays,
+            scale,
             sampler,
         )
-        return program, args
 
     def __call__(
         self,
@@ -324,46 +341,27 @@ class MagicFacePipeline:
         seed: int = 0,
         latents: np.ndarray | None = None,
         output_type: str = "pil",
+        parallelism: str = "shard_map",
     ) -> list[Image.Image] | np.ndarray:
         """Edits: `au` is a dict such as {"AU4": 4, "AU1": 2}, a (12,) or a (B, 12) array (target − identity).
 
         Returns PIL images, a float array in [0, 1] (B, H, W, 3) for "np", or the final latents for "latent".
         The authors' script uses guidance 1.5; the default is the paper's best, 3.0. At 1.0 only the
-        conditional branch runs (same result, half the work).
+        conditional branch runs (same result, half the work). `parallelism="pmap"` runs the classic
+        `jax.pmap` over this process's devices instead of `shard_map` over the mesh (same results).
         """
+        if parallelism not in PARALLELISMS:
+            raise MagicFaceError(f"parallelism {parallelism!r} is not one of {', '.join(PARALLELISMS)}")
         sampler = self.make_sampler(scheduler, num_inference_steps, guidance_scale, output_type)
         request = self.prepare(source, background, au, seed, latents)
-        program, args = self.compiled(request, sampler, guidance_scale, output_type)
-        return _finish(to_host(program(*args)), request, output_type)
-
-    def edit_pmap(
-        self,
-        source: ImageLike | Sequence[ImageLike],
-        background: ImageLike | Sequence[ImageLike],
-        au: AUInput | Sequence[AUInput],
-        num_inference_steps: int = 50,
-        guidance_scale: float = DEFAULT_GUIDANCE,
-        scheduler: str = "unipc",
-        seed: int = 0,
-        latents: np.ndarray | None = None,
-        output_type: str = "pil",
-    ) -> list[Image.Image] | np.ndarray:
-        """`__call__` with `jax.pmap` over this process's devices instead of `shard_map` over the mesh: the
-        classic data-parallel sampling of a pmap benchmark. Same arguments, same results."""
-        sampler = self.make_sampler(scheduler, num_inference_steps, guidance_scale, output_type)
-        request = self.prepare(source, background, au, seed, latents)
-        devices = jax.local_devices()
-        arrays = [
-            to_model_input(request.sources),
-            to_model_input(request.backgrounds),
-            request.au,
-            request.noise,
-        ]
-        per_device = [pad_batch(a, len(devices)).reshape(len(devices), -1, *a.shape[1:]) for a in arrays]
-        params, prompt = self._pmap_replicas(devices)
-        program = self._pmap_program(guidance_scale != 1.0, output_type != "latent")
-        result = np.asarray(program(params, prompt, *per_device, jnp.float32(guidance_scale), sampler))
-        return _finish(result.reshape(-1, *result.shape[2:]), request, output_type)
+        program, args = self.compiled(request, sampler, guidance_scale, output_type, parallelism)
+        result = to_host(program(*args))
+        if parallelism == "pmap":
+            result = result.reshape(-1, *result.shape[2:])
+        result = result[: request.batch]
+        if output_type == "pil":
+            return [Image.fromarray(image) for image in to_uint8(result)]
+        return result
 
     def _pmap_program(self, guided: bool, decode: bool):
         key = ("pmap", guided, decode)
@@ -394,13 +392,6 @@ class MagicFacePipeline:
         if name not in SAMPLERS:
             raise MagicFaceError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")
         return make_sampler(name, self.schedule, int(steps))
-
-
-def _finish(result: np.ndarray, request: EditRequest, output_type: str) -> list[Image.Image] | np.ndarray:
-    result = result[: request.batch]
-    if output_type == "pil":
-        return [Image.fromarray(image) for image in to_uint8(result)]
-    return result
 
 
 def _au_batch(au: AUInput | Sequence[AUInput]) -> np.ndarray:

@@ -126,7 +126,7 @@ def test_batch_sharded_over_8_devices_equals_one_device(converted, pipe):
 def test_pmap_variant_equals_shard_map(converted, pipe):
     sources = images(3, 9)
     sharded = MagicFacePipeline.from_pretrained(converted)
-    ours = sharded.edit_pmap(sources, sources, AU[:1], 2, 3.0, seed=4, output_type="np")
+    ours = sharded(sources, sources, AU[:1], 2, 3.0, seed=4, output_type="np", parallelism="pmap")
     np.testing.assert_allclose(
         ours, pipe(sources, sources, AU[:1], 2, 3.0, seed=4, output_type="np"), atol=1e-5
     )
@@ -153,6 +153,7 @@ def test_seed_and_broadcast(pipe):
         ({"source": images(2, 0)[:, :60, :60], "background": images(2, 0)[:, :60, :60]}, "multiples of 8"),
         ({"source": images(3, 0), "background": images(2, 0)}, "give 1 or 3"),
         ({"latents": np.zeros((1, 4, 4, 4))}, "latents have shape"),
+        ({"parallelism": "vmap"}, "parallelism"),
     ],
 )
 def test_bad_input(pipe, change, message):

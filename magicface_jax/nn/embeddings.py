@@ -7,7 +7,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from magicface_jax.nn.layers import TIME, dense
+from magicface_jax.nn.layers import TIME, TIME_HIDDEN, dense
 
 
 def timestep_embedding(
@@ -32,5 +32,5 @@ class TimestepEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = dense(self.features, (None, TIME), self.dtype, "linear_1")(x)
-        return dense(self.features, (TIME, TIME), self.dtype, "linear_2")(nn.silu(x))
+        x = dense(self.features, (None, TIME_HIDDEN), self.dtype, "linear_1")(x)
+        return dense(self.features, (TIME_HIDDEN, TIME), self.dtype, "linear_2")(nn.silu(x))

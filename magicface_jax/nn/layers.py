@@ -14,6 +14,7 @@ EMBED = "embed"  # token width inside transformer blocks
 HEADS = "heads"  # query/key/value projections (heads x head_dim)
 MLP = "mlp"  # feed-forward inner width
 CROSS = "cross_embed"  # width of the prompt embedding (cross-attention context)
+TIME_HIDDEN = "time_hidden"  # inside the time-embedding MLP
 TIME = "time_embed"  # time-embedding width
 AU = "au"  # AU vector
 CONV_IN = "conv_in"  # input channels of a convolution
