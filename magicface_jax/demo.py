@@ -8,6 +8,7 @@ a real edit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -29,9 +30,8 @@ DEMO_EDIT = "AU4=+4,AU1=+2"  # the authors' example edit
 DEMO_STEPS = 10
 DEMO_SIZE = 128
 WEIGHTS_SEED = 0
-# Bump when the generated checkpoint changes, so that an old cached one is replaced.
-DEMO_VERSION = 1
-DEMO_SOURCE = {"demo": "tiny-random", "seed": WEIGHTS_SEED, "version": DEMO_VERSION}
+# The code that decides the parameters' names and shapes: when it changes, a cached checkpoint is replaced.
+LAYOUT_SOURCES = ("config.py", "models", "nn", "demo.py")
 # The demo's model is tiny: compiling its program takes far longer than running it, and XLA's cheaper code
 # generation compiles it about a third faster for about a second more of running time.
 FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
@@ -54,12 +54,24 @@ def prefer_fast_compilation() -> None:
     os.environ["XLA_FLAGS"] = " ".join(flags)
 
 
+def demo_source() -> dict[str, object]:
+    """The provenance written into the demo checkpoint's manifest, with a fingerprint of `LAYOUT_SOURCES`."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in LAYOUT_SOURCES:
+        path = package / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(package).as_posix().encode())
+            digest.update(file.read_bytes())
+    return {"demo": "tiny-random", "seed": WEIGHTS_SEED, "code": digest.hexdigest()[:16]}
+
+
 def _is_current(directory: Path) -> bool:
     try:
         info = checkpoint.read_info(directory)
     except MagicFaceError:
         return False
-    return info.source == DEMO_SOURCE
+    return info.source == demo_source()
 
 
 def _random_leaf(rng: np.random.Generator, path: tuple, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
@@ -90,7 +102,9 @@ def write_demo_checkpoint(directory: str | Path, overwrite: bool = False) -> Non
     params = random_params(config, WEIGHTS_SEED)
     width = config.denoiser.cross_attention_dim
     prompt_embeds = np.random.default_rng(WEIGHTS_SEED + 1).standard_normal((1, 77, width)).astype(np.float32)
-    info = checkpoint.CheckpointInfo(config=config, scheduler=dict(SD15_SCHEDULER_CONFIG), source=DEMO_SOURCE)
+    info = checkpoint.CheckpointInfo(
+        config=config, scheduler=dict(SD15_SCHEDULER_CONFIG), source=demo_source()
+    )
     with checkpoint.writing_checkpoint(directory, overwrite=overwrite) as writer:
         for name in COMPONENTS:
             writer.write_params(name, params[name])

@@ -317,8 +317,13 @@ def test_demo(capsys, demo_cache, tmp_path):
     assert "generated" not in stdout and "AU12=+3" in stdout and "AU4" not in stdout
 
 
-def test_demo_checkpoint_is_deterministic(demo_cache):
+def test_demo_checkpoint_is_replaced_when_stale_and_deterministic(demo_cache):
     directory, _ = demo.ensure_demo_checkpoint()
+    manifest = directory / checkpoint.MANIFEST
+    stale = json.loads(manifest.read_text())
+    stale["source"]["code"] = "from older code"
+    manifest.write_text(json.dumps(stale))
+    assert demo.ensure_demo_checkpoint() == (directory, True)
     expected = demo.random_params(tiny_magicface_config(), demo.WEIGHTS_SEED)
     for name in ("denoiser", "vae"):
         stored = checkpoint.read_params(directory, name)
