@@ -4,16 +4,14 @@ Each process has 4 CPU devices; `jax.distributed` joins them into one 8-device m
 gloo collectives, and the pipeline shards a batch of edits over all 8.
 """
 
-import os
 import sys
-
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
 
 import jax
 import numpy as np
 
 
 def main(process_id: int, port: int, checkpoint: str, out: str) -> None:
+    jax.config.update("jax_num_cpu_devices", 4)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=f"127.0.0.1:{port}",
@@ -21,13 +19,22 @@ def main(process_id: int, port: int, checkpoint: str, out: str) -> None:
         process_id=process_id,
         initialization_timeout=120,
     )
+    from jax._src.distributed import global_state
+
+    from magicface_jax.parallel.mesh import to_host
     from magicface_jax.pipeline import MagicFacePipeline
-    from tests.test_pipeline import AU, images
+    from tests.test_pipeline import MULTIHOST_EDIT
 
     pipe = MagicFacePipeline.from_pretrained(checkpoint)
     assert pipe.num_devices == 8 and jax.process_count() == 2
-    result = pipe(images(5, 6), images(5, 7), np.tile(AU, (3, 1))[:5], 2, 3.0, seed=11, output_type="np")
-    np.save(f"{out}.{process_id}.npy", result)
+    sources, backgrounds, au, steps, guidance, seed = MULTIHOST_EDIT
+    request = pipe.prepare(sources, backgrounds, au, seed)
+    program, args = pipe.compiled(request, pipe.make_sampler("unipc", steps, guidance), guidance, "latent")
+    sharded = program(*args).block_until_ready()  # each process computes its own shards, no collective
+    # gloo gives up on a collective whose peers come more than ~30 s apart; compile times can differ that
+    # much on a loaded machine, so meet at the coordination service's barrier first.
+    global_state.client.wait_at_barrier("edits_computed", 300_000)
+    np.save(f"{out}.{process_id}.npy", to_host(sharded)[: request.batch])
     jax.distributed.shutdown()
 
 

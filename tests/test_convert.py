@@ -310,3 +310,35 @@ def test_cli_exit_code_and_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     assert not (tmp_path / "o").exists()
+
+
+def test_bin_and_sharded_release_convert_like_safetensors(sd_folder, release_folder, converted, tmp_path):
+    """The release's other file forms: a PyTorch pickle (.bin) and diffusers' sharded safetensors."""
+    release = tmp_path / "release"
+    shutil.copytree(release_folder, release)
+    denoiser = release / "denoising_unet" / "diffusion_pytorch_model.safetensors"
+    torch.save({k: torch.from_numpy(v) for k, v in load_file(denoiser).items()}, denoiser.with_suffix(".bin"))
+    denoiser.unlink()
+    encoder = release / "ID_enc" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(encoder)
+    keys = sorted(tensors)
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2]}
+    shards["diffusion_pytorch_model-00002-of-00002.safetensors"] = keys[len(keys) // 2 :]
+    from safetensors.numpy import save_file as save_numpy
+
+    for name, shard_keys in shards.items():
+        save_numpy({k: tensors[k] for k in shard_keys}, encoder.parent / name)
+    weight_map = {k: name for name, shard_keys in shards.items() for k in shard_keys}
+    (encoder.parent / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": weight_map})
+    )
+    encoder.unlink()
+
+    to_orbax(sd_folder, tmp_path / "ckpt", magicface=release, **QUIET)
+    for name in ("identity_encoder", "denoiser"):
+        ours, expected = (
+            checkpoint.read_params(tmp_path / "ckpt", name),
+            checkpoint.read_params(converted, name),
+        )
+        for row in network_table(getattr(tiny_magicface_config(), name)):
+            np.testing.assert_array_equal(get_path(ours, row.flax_path), get_path(expected, row.flax_path))

@@ -170,6 +170,10 @@ def test_out_of_range_variation_warns(pipe):
     assert any("AU12" in str(w.message) and "[-10, 10]" in str(w.message) for w in caught)
 
 
+# The edit both processes of the two-process test run: sources, backgrounds, AU, steps, guidance, seed.
+MULTIHOST_EDIT = (images(3, 6), images(3, 7), np.tile(AU, (2, 1))[:3], 2, 3.0, 11)
+
+
 def test_two_processes_share_one_mesh(converted, pipe, tmp_path):
     """Two processes (4 CPU devices each, jax.distributed on loopback) shard one batch over 8 devices and
     both get the whole result, equal to one device's."""
@@ -201,6 +205,8 @@ def test_two_processes_share_one_mesh(converted, pipe, tmp_path):
         for worker in workers:
             worker.kill()
     assert all(worker.returncode == 0 for worker in workers), "\n".join(logs)[-3000:]
-    single = pipe(images(5, 6), images(5, 7), np.tile(AU, (3, 1))[:5], 2, 3.0, seed=11, output_type="np")
+    sources, backgrounds, au, steps, guidance, seed = MULTIHOST_EDIT
+    single = pipe(sources, backgrounds, au, steps, guidance, seed=seed, output_type="latent")
     for i in range(2):
-        np.testing.assert_allclose(np.load(f"{out}.{i}.npy"), single, atol=1e-5)
+        # Other per-device batch sizes take other CPU kernels: equal up to float32 rounding.
+        assert np.abs(np.load(f"{out}.{i}.npy") - single).max() <= 1e-5 * np.abs(single).max()

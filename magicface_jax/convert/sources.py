@@ -30,7 +30,7 @@ def _to_numpy(tensor) -> np.ndarray:
 
 
 class TensorSource:
-    """Keys, shapes and tensors of a checkpoint. Subclasses implement `_keys`, `shape` and `get`."""
+    """Keys, shapes and tensors of a checkpoint. Subclasses implement `keys`, `shape` and `get`."""
 
     name: str = "checkpoint"
 
@@ -42,9 +42,6 @@ class TensorSource:
 
     def get(self, key: str) -> np.ndarray:
         raise NotImplementedError
-
-    def __contains__(self, key: str) -> bool:
-        return key in set(self.keys())
 
 
 class SafetensorsSource(TensorSource):
