@@ -21,7 +21,6 @@ import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +117,52 @@ def edit_program(
     return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
 
 
+@functools.cache
+def sharded_edit_program(model: MagicFace, mesh: Mesh, guided: bool, decode: bool):
+    """`edit_program` jitted with `shard_map` over the mesh's data axis. Cached by (model, mesh, flags), so
+    pipelines of one config share their compilations."""
+    per_device = functools.partial(edit_program, model, guided=guided, decode=decode)
+    batch = P(DATA)
+    mapped = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(), P(), batch, batch, batch, batch, P(), P()),
+        out_specs=batch,
+        check_vma=False,
+    )
+    return jax.jit(mapped)
+
+
+@functools.cache
+def pmap_edit_program(model: MagicFace, guided: bool, decode: bool):
+    """`edit_program` under `jax.pmap` over this process's devices (parameters stacked per device)."""
+    per_device = functools.partial(edit_program, model, guided=guided, decode=decode)
+    return jax.pmap(per_device, in_axes=(0, 0, 0, 0, 0, 0, None, None))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _vae_encode(model: MagicFace, params: Params, images: jax.Array) -> jax.Array:
+    return model.vae_encode(params["vae"], images)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _vae_decode(model: MagicFace, params: Params, latents: jax.Array) -> jax.Array:
+    return model.vae_decode(params["vae"], latents)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _identity_features(model: MagicFace, params: Params, prompt_embeds, latents) -> list[jax.Array]:
+    return model.identity_features(params["identity_encoder"], latents, prompt_embeds)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict_noise(
+    model: MagicFace, params: Params, prompt_embeds, noisy, background, au, timestep, features
+):
+    kv = model.identity_kv(params["denoiser"], features)
+    return model.predict_noise(params["denoiser"], noisy, background, au, timestep, kv, prompt_embeds)
+
+
 @dataclasses.dataclass(frozen=True)
 class EditRequest:
     """One call's inputs, validated and batched on the host."""
@@ -167,7 +212,6 @@ class MagicFacePipeline:
         self.mesh = mesh if mesh is not None else data_mesh()
         self.params = replicate(params, self.mesh)
         self.prompt_embeds = replicate(np.asarray(prompt_embeds, np.float32), self.mesh)
-        self._programs: dict[tuple, Any] = {}
         self._replicas = None  # parameters stacked per local device, for parallelism="pmap"
 
     @classmethod
@@ -193,41 +237,25 @@ class MagicFacePipeline:
 
     # ------------------------------------------------------------------------------- building blocks
 
-    @functools.cached_property
-    def _jitted(self):
-        model = self.model
-
-        def predict_noise(params, prompt, noisy, background, au, timestep, features):
-            kv = model.identity_kv(params["denoiser"], features)
-            return model.predict_noise(params["denoiser"], noisy, background, au, timestep, kv, prompt)
-
-        return {
-            "vae_encode": jax.jit(lambda p, x: model.vae_encode(p["vae"], x)[0]),
-            "vae_decode": jax.jit(lambda p, z: model.vae_decode(p["vae"], z)),
-            "identity_features": jax.jit(
-                lambda p, prompt, z: model.identity_features(p["identity_encoder"], z, prompt)
-            ),
-            "predict_noise": jax.jit(predict_noise),
-        }
-
     def vae_encode(self, images) -> jax.Array:
         """(B, H, W, 3) float in [-1, 1] -> latent mean (B, H/8, W/8, 4), NOT multiplied by the scaling
         factor (the identity and background latents are used unscaled)."""
-        return self._jitted["vae_encode"](self.params, jnp.asarray(images, jnp.float32))
+        return _vae_encode(self.model, self.params, jnp.asarray(images, jnp.float32))
 
     def vae_decode(self, latents) -> jax.Array:
         """Latents -> raw decoder output (B, H, W, 3); no scaling applied."""
-        return self._jitted["vae_decode"](self.params, jnp.asarray(latents, jnp.float32))
+        return _vae_decode(self.model, self.params, jnp.asarray(latents, jnp.float32))
 
     def identity_features(self, source_latents) -> list[jax.Array]:
         """One (B, tokens, C) array per transformer block (16 for SD1.5), from the unscaled source latents."""
-        return self._jitted["identity_features"](
-            self.params, self.prompt_embeds, jnp.asarray(source_latents, jnp.float32)
+        return _identity_features(
+            self.model, self.params, self.prompt_embeds, jnp.asarray(source_latents, jnp.float32)
         )
 
     def predict_noise(self, noisy_latents, background_latents, au, timestep, identity_features) -> jax.Array:
         """ε-prediction (B, h, w, 4); `au` (B, 12) ordered as `AU_NAMES`; `timestep` int, float or (B,)."""
-        return self._jitted["predict_noise"](
+        return _predict_noise(
+            self.model,
             self.params,
             self.prompt_embeds,
             jnp.asarray(noisy_latents, jnp.float32),
@@ -278,21 +306,6 @@ class MagicFacePipeline:
             )
         return EditRequest(sources, backgrounds, au_batch, noise)
 
-    def _program(self, guided: bool, decode: bool):
-        key = (guided, decode)
-        if key not in self._programs:
-            per_device = functools.partial(edit_program, self.model, guided=guided, decode=decode)
-            batch = P(DATA)
-            mapped = jax.shard_map(
-                per_device,
-                mesh=self.mesh,
-                in_specs=(P(), P(), batch, batch, batch, batch, P(), P()),
-                out_specs=batch,
-                check_vma=False,
-            )
-            self._programs[key] = jax.jit(mapped)
-        return self._programs[key]
-
     def compiled(
         self,
         request: EditRequest,
@@ -314,7 +327,7 @@ class MagicFacePipeline:
         if parallelism == "pmap":
             devices = jax.local_devices()
             per_device = [pad_batch(a, len(devices)).reshape(len(devices), -1, *a.shape[1:]) for a in arrays]
-            return self._pmap_program(guided, decode), (
+            return pmap_edit_program(self.model, guided, decode), (
                 *self._pmap_replicas(devices),
                 *per_device,
                 scale,
@@ -322,7 +335,7 @@ class MagicFacePipeline:
             )
         sharding = batch_sharded(self.mesh)
         global_arrays = (to_global(pad_batch(a, self.num_devices), sharding) for a in arrays)
-        return self._program(guided, decode), (
+        return sharded_edit_program(self.model, self.mesh, guided, decode), (
             self.params,
             self.prompt_embeds,
             *global_arrays,
@@ -362,13 +375,6 @@ class MagicFacePipeline:
         if output_type == "pil":
             return [Image.fromarray(image) for image in to_uint8(result)]
         return result
-
-    def _pmap_program(self, guided: bool, decode: bool):
-        key = ("pmap", guided, decode)
-        if key not in self._programs:
-            per_device = functools.partial(edit_program, self.model, guided=guided, decode=decode)
-            self._programs[key] = jax.pmap(per_device, in_axes=(0, 0, 0, 0, 0, 0, None, None))
-        return self._programs[key]
 
     def _pmap_replicas(self, devices):
         if self._replicas is None:
