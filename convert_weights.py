@@ -18,9 +18,7 @@ from magicface_jax.errors import MagicFaceError
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--sd", help="Stable Diffusion: a diffusers folder or a single .safetensors/.ckpt file"
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from magicface_jax import cli
 from magicface_jax.cli import run
 from magicface_jax.errors import MagicFaceError
 
@@ -27,7 +28,7 @@ BACKGROUND_FILE = "background.png"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m magicface_jax.preprocess",
         description="Crop the largest face of a photo and build its background condition.",
     )

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from magicface_jax import cli
 from magicface_jax.cli import run
 from magicface_jax.data import pairing
 from magicface_jax.data.magicface_pairs import REPORT_NAME, MagicfacePairs, MagicfacePairsConfig, PairsSpec
@@ -25,9 +26,7 @@ from magicface_jax.errors import MagicFaceError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m magicface_jax.data.build", description=__doc__.split("\n")[0]
-    )
+    parser = cli.ArgumentParser(prog="python -m magicface_jax.data.build", description=__doc__.split("\n")[0])
     kinds = parser.add_subparsers(dest="dataset", required=True)
 
     synthetic = kinds.add_parser("synthetic_faces", help="procedural faces with exact AU ground truth")
