@@ -7,15 +7,68 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from magicface_jax.nn.layers import EMBED, HEADS, dense
 
 KeyValue = tuple[jax.Array, jax.Array]  # each (B, S, heads, head_dim)
 
 
+# Bytes of float32 logits per step of the CPU attention loop: a block this size stays in the last-level
+# cache, while the whole (B, heads, T, S) array of SD1.5's first level (2 GiB at batch 2) streams through
+# memory several times and runs about 5x slower.
+CPU_LOGITS_BLOCK_BYTES = 8 * 2**20
+
+
 def attend(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
-    """Scaled dot-product attention over (B, T, heads, head_dim) arrays, softmax in float32."""
-    return jax.nn.dot_product_attention(query, key, value)
+    """Scaled dot-product attention over (B, T, heads, head_dim) arrays, softmax in float32.
+
+    On CPU in query blocks (`attend_blocked`); elsewhere `jax.nn.dot_product_attention`. The choice is
+    made for the platform the program is compiled for.
+    """
+    return lax.platform_dependent(query, key, value, cpu=attend_blocked, default=jax.nn.dot_product_attention)
+
+
+def query_block(batch: int, queries: int, keys: int, budget: int = CPU_LOGITS_BLOCK_BYTES) -> int:
+    """Queries per block so that one head's (batch, block, keys) float32 logits fit in `budget`."""
+    rows = max(1, budget // (4 * batch * keys))
+    return min(queries, 1 << (rows.bit_length() - 1))
+
+
+def attend_blocked(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+    """The same attention computed one head and one block of queries at a time (`lax.map`).
+
+    Each block's logits stay in cache. The batch stays inside each step, so a batch sharded over devices
+    stays sharded. Normalising after the product with the values saves a pass over the logits.
+    """
+    batch, queries, heads, head_dim = query.shape
+    keys = key.shape[1]
+    if 4 * batch * heads * queries * keys <= CPU_LOGITS_BLOCK_BYTES:
+        return jax.nn.dot_product_attention(query, key, value)
+    block = query_block(batch, queries, keys)
+    blocks = -(-queries // block)
+    scaled = query * jnp.asarray(head_dim**-0.5, query.dtype)
+    scaled = jnp.pad(scaled, ((0, 0), (0, blocks * block - queries), (0, 0), (0, 0)))
+    # (heads, blocks, B, block, head_dim) queries; (heads, B, keys, head_dim) keys and values.
+    scaled = scaled.reshape(batch, blocks, block, heads, head_dim).transpose(3, 1, 0, 2, 4)
+    key, value = key.transpose(2, 0, 1, 3), value.transpose(2, 0, 1, 3)
+
+    def one_head(args):
+        q_head, k_head, v_head = args
+
+        def one_block(q_block):
+            logits = jnp.einsum("bth,bsh->bts", q_block, k_head, preferred_element_type=jnp.float32)
+            weights = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
+            out = jnp.einsum(
+                "bts,bsh->bth", weights.astype(v_head.dtype), v_head, preferred_element_type=jnp.float32
+            )
+            return (out / weights.sum(axis=-1, keepdims=True)).astype(query.dtype)
+
+        return lax.map(one_block, q_head)
+
+    out = lax.map(one_head, (scaled, key, value))  # (heads, blocks, B, block, head_dim)
+    out = out.transpose(2, 1, 3, 0, 4).reshape(batch, blocks * block, heads, head_dim)
+    return out[:, :queries]
 
 
 class Attention(nn.Module):
