@@ -187,7 +187,7 @@ def xla_memory(executable) -> dict[str, int]:
     return {f"{name}_bytes": int(getattr(stats, f"{name}_size_in_bytes", 0)) for name in fields}
 
 
-def matmul_flops_per_second(size: int = 4096, repeats: int = 5) -> float:
+def matmul_flops_per_second(size: int = 4096, repeats: int = 8) -> float:
     """Best fp32 FLOP/s of a jitted `jnp.dot` of two (size, size) matrices: this machine's practical peak."""
     import jax
     import jax.numpy as jnp
@@ -199,7 +199,7 @@ def matmul_flops_per_second(size: int = 4096, repeats: int = 5) -> float:
     return 2 * size**3 / timing.best
 
 
-def torch_matmul_flops_per_second(size: int = 4096, repeats: int = 5) -> float:
+def torch_matmul_flops_per_second(size: int = 4096, repeats: int = 8) -> float:
     """The same for `torch.mm` (its own BLAS), for comparison."""
     import torch
 
