@@ -29,46 +29,58 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
     return lax.platform_dependent(query, key, value, cpu=attend_blocked, default=jax.nn.dot_product_attention)
 
 
-def query_block(batch: int, queries: int, keys: int, budget: int = CPU_LOGITS_BLOCK_BYTES) -> int:
-    """Queries per block so that one head's (batch, block, keys) float32 logits fit in `budget`."""
-    rows = max(1, budget // (4 * batch * keys))
+def query_block(queries: int, keys: int, budget: int = CPU_LOGITS_BLOCK_BYTES) -> int:
+    """Queries per block so that one head's (block, keys) float32 logits fit in `budget`."""
+    rows = max(1, budget // (4 * keys))
     return min(queries, 1 << (rows.bit_length() - 1))
 
 
 def attend_blocked(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
-    """The same attention computed one head and one block of queries at a time (`lax.map`).
-
-    Each block's logits stay in cache. The batch stays inside each step, so a batch sharded over devices
-    stays sharded. Normalising after the product with the values saves a pass over the logits.
-    """
+    """The same attention computed one (example, head) pair and one block of queries at a time
+    (`lax.map`), so that each block's logits stay in cache."""
     batch, queries, heads, head_dim = query.shape
     keys = key.shape[1]
     if 4 * batch * heads * queries * keys <= CPU_LOGITS_BLOCK_BYTES:
         return jax.nn.dot_product_attention(query, key, value)
-    block = query_block(batch, queries, keys)
+    spec = jax.typeof(query).sharding.spec
+    if len(spec) and spec[0] is not None:
+        # A batch sharded by type (explicit mesh axes) cannot be looped over: keep it inside every step.
+        def per_example(q, k, v):
+            q, k, v = (x.transpose(1, 0, 2) for x in (q, k, v))
+            return _attend_heads(q, k, v, CPU_LOGITS_BLOCK_BYTES // batch).transpose(1, 0, 2)
+
+        return jax.vmap(per_example)(query, key, value)
+    # (B*heads, tokens, head_dim): examples and heads are independent.
+    q, k, v = (x.transpose(0, 2, 1, 3).reshape(batch * heads, -1, head_dim) for x in (query, key, value))
+    out = _attend_heads(q, k, v, CPU_LOGITS_BLOCK_BYTES)
+    return out.reshape(batch, heads, queries, head_dim).transpose(0, 2, 1, 3)
+
+
+def _attend_heads(query: jax.Array, key: jax.Array, value: jax.Array, budget: int) -> jax.Array:
+    """(G, T, head_dim) queries against (G, S, head_dim) keys and values, one of the G heads and one block
+    of queries per step. Normalising after the product with the values saves a pass over the logits."""
+    heads, queries, head_dim = query.shape
+    block = query_block(queries, key.shape[1], budget)
     blocks = -(-queries // block)
     scaled = query * jnp.asarray(head_dim**-0.5, query.dtype)
-    scaled = jnp.pad(scaled, ((0, 0), (0, blocks * block - queries), (0, 0), (0, 0)))
-    # (heads, blocks, B, block, head_dim) queries; (heads, B, keys, head_dim) keys and values.
-    scaled = scaled.reshape(batch, blocks, block, heads, head_dim).transpose(3, 1, 0, 2, 4)
-    key, value = key.transpose(2, 0, 1, 3), value.transpose(2, 0, 1, 3)
+    scaled = jnp.pad(scaled, ((0, 0), (0, blocks * block - queries), (0, 0)))
+    scaled = scaled.reshape(heads, blocks, block, head_dim)
 
     def one_head(args):
         q_head, k_head, v_head = args
 
         def one_block(q_block):
-            logits = jnp.einsum("bth,bsh->bts", q_block, k_head, preferred_element_type=jnp.float32)
+            logits = jnp.einsum("th,sh->ts", q_block, k_head, preferred_element_type=jnp.float32)
             weights = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
             out = jnp.einsum(
-                "bts,bsh->bth", weights.astype(v_head.dtype), v_head, preferred_element_type=jnp.float32
+                "ts,sh->th", weights.astype(v_head.dtype), v_head, preferred_element_type=jnp.float32
             )
             return (out / weights.sum(axis=-1, keepdims=True)).astype(query.dtype)
 
         return lax.map(one_block, q_head)
 
-    out = lax.map(one_head, (scaled, key, value))  # (heads, blocks, B, block, head_dim)
-    out = out.transpose(2, 1, 3, 0, 4).reshape(batch, blocks * block, heads, head_dim)
-    return out[:, :queries]
+    out = lax.map(one_head, (scaled, key, value))  # (G, blocks, block, head_dim)
+    return out.reshape(heads, blocks * block, head_dim)[:, :queries]
 
 
 class Attention(nn.Module):
