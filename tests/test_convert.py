@@ -121,6 +121,40 @@ def test_sd_initialised_model(sd_folder, torch_model, tmp_path):
     assert not denoiser[AU_EMBED_NAME]["kernel"].any() and not denoiser[AU_EMBED_NAME]["bias"].any()
 
 
+def test_safetensors_streaming_matches_the_safetensors_package(tmp_path):
+    """Our tensor-at-a-time reader and writer against the `safetensors` package, every dtype we store."""
+    import ml_dtypes
+    from safetensors.torch import load_file as load_torch
+
+    from magicface_jax.convert.safetensors_file import write_safetensors
+    from magicface_jax.convert.sources import SafetensorsSource
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w": rng.standard_normal((3, 4, 2, 2)).astype(np.float32),
+        "h": rng.standard_normal(5).astype(np.float16),
+        "b": rng.standard_normal((2, 3)).astype(ml_dtypes.bfloat16),
+        "i": np.arange(7, dtype=np.int64),
+        "empty": np.zeros((0, 3), np.float32),
+    }
+
+    def to_torch(array):
+        if array.dtype == ml_dtypes.bfloat16:
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(array)
+
+    ours = tmp_path / "ours.safetensors"
+    write_safetensors(ours, {k: (a.dtype, a.shape) for k, a in arrays.items()}, arrays.get, {"format": "pt"})
+    theirs = tmp_path / "theirs.safetensors"
+    save_file({k: to_torch(a) for k, a in arrays.items()}, theirs)
+    loaded = load_torch(ours)
+    source = SafetensorsSource(theirs)
+    for key, array in arrays.items():
+        assert torch.equal(loaded[key], to_torch(array)), key
+        assert source.shape(key) == array.shape
+        assert torch.equal(to_torch(source.get(key)), to_torch(array)), key
+
+
 # ------------------------------------------------------------------------------------- single file
 
 

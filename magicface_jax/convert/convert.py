@@ -25,7 +25,14 @@ from magicface_jax.convert.layouts import (
     sd_initialised_denoiser,
 )
 from magicface_jax.convert.names import leaves, network_table
-from magicface_jax.convert.tensors import check_keys, check_shapes, to_flax_params, to_torch_arrays
+from magicface_jax.convert.safetensors_file import write_safetensors
+from magicface_jax.convert.tensors import (
+    check_flax_params,
+    check_keys,
+    check_shapes,
+    to_flax_params,
+    to_torch_array,
+)
 from magicface_jax.errors import MagicFaceError
 
 # Folder names of the authors' release, and the class names their `config.json` files carry.
@@ -130,39 +137,36 @@ def to_pytorch(
     log: Log = print,
 ) -> None:
     """Writes `ID_enc/`, `denoising_unet/`, `vae/` (diffusers folders: config.json + safetensors), plus
-    `scheduler/scheduler_config.json` and `prompt_embeds.safetensors`."""
-    from safetensors.torch import save_file
-
+    `scheduler/scheduler_config.json` and `prompt_embeds.safetensors`. Tensors are converted and written
+    one at a time."""
     out = Path(out)
     check_new_output(out, overwrite)
     info = checkpoint.read_info(checkpoint_dir)
-    storage = _storage_dtype(dtype or info.param_dtype)
+    storage = np.dtype(_storage_dtype(dtype or info.param_dtype))
     with atomic_directory(out, overwrite) as partial:
         for name, (folder, class_name) in AUTHORS_FOLDERS.items():
             net_config = getattr(info.config, name)
+            rows = {row.torch_key: row for row in network_table(net_config)}
             params = checkpoint.read_params(checkpoint_dir, name)
-            arrays = to_torch_arrays(params, network_table(net_config), storage)
-            del params
+            check_flax_params(params, rows.values())
             (partial / folder).mkdir()
             diffusers_config = net_config.to_diffusers() | {"_class_name": class_name}
             (partial / folder / "config.json").write_text(json.dumps(diffusers_config, indent=2))
-            save_file(_torch_tensors(arrays), partial / folder / WEIGHTS_FILE, metadata={"format": "pt"})
-            log(f"{folder}/: {len(arrays)} tensors")
-            del arrays
+            write_safetensors(
+                partial / folder / WEIGHTS_FILE,
+                {key: (storage, row.torch_shape) for key, row in rows.items()},
+                lambda key, params=params, rows=rows: to_torch_array(params, rows[key], storage),
+                metadata={"format": "pt"},
+            )
+            del params
+            log(f"{folder}/: {len(rows)} tensors")
         (partial / "scheduler").mkdir()
         (partial / "scheduler" / "scheduler_config.json").write_text(json.dumps(info.scheduler, indent=2))
         prompt = checkpoint.read_prompt_embeds(checkpoint_dir)
-        save_file(_torch_tensors({"prompt_embeds": prompt}), partial / "prompt_embeds.safetensors")
-    log(f"wrote {out}")
-
-
-def _torch_tensors(arrays: dict[str, np.ndarray]) -> dict:
-    import torch
-
-    tensors = {}
-    for key, array in arrays.items():
-        if array.dtype.name == "bfloat16":
-            tensors[key] = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-        else:
-            tensors[key] = torch.from_numpy(np.ascontiguousarray(array))
-    return tensors
+        write_safetensors(
+            partial / "prompt_embeds.safetensors",
+            {"prompt_embeds": (prompt.dtype, prompt.shape)},
+            lambda _: prompt,
+            metadata={"format": "pt"},
+        )
+    log(f"wrote {out}; peak memory {peak_memory_bytes() / 2**30:.2f} GiB")

@@ -2,8 +2,9 @@
 
 A `TensorSource` lists its keys and shapes without loading anything and hands out one tensor at a time as a
 numpy array, so conversion holds at most one source tensor besides what it has converted. Formats:
-safetensors (lazily, through `safe_open`), PyTorch pickles `.bin`/`.pt`/`.ckpt` (memory-mapped where the
-file allows), diffusers' sharded weights (`*.index.json`), and views that rename or adapt keys.
+safetensors (the header, then each tensor by a positioned read), PyTorch pickles `.bin`/`.pt`/`.ckpt`
+(memory-mapped where the file allows), diffusers' sharded weights (`*.index.json`), and views that rename
+or adapt keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from magicface_jax.convert import safetensors_file
 from magicface_jax.errors import MagicFaceError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -45,24 +47,31 @@ class TensorSource:
 
 
 class SafetensorsSource(TensorSource):
-    def __init__(self, path: Path):
-        from safetensors import safe_open
+    """A `.safetensors` file read one tensor at a time with a positioned read into a new array.
 
+    No memory map: the pages of a mapped file count towards the process's resident memory for as long as
+    the file stays open, which would add the whole file to the converter's peak.
+    """
+
+    def __init__(self, path: Path):
         self.name = str(path)
+        self._path = Path(path)
         try:
-            self._file = safe_open(str(path), framework="pt")
-            self._keys = list(self._file.keys())
-        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            self._entries = safetensors_file.read_header(self._path)
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise MagicFaceError(f"{path} is not a readable safetensors checkpoint ({err})") from None
 
     def keys(self) -> list[str]:
-        return self._keys
+        return list(self._entries)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._file.get_slice(key).get_shape())
+        return self._entries[key].shape
 
     def get(self, key: str) -> np.ndarray:
-        return _to_numpy(self._file.get_tensor(key))
+        try:
+            return safetensors_file.read_tensor(self._path, self._entries[key])
+        except OSError as err:
+            raise MagicFaceError(f"{self.name}: cannot read {key} ({err})") from None
 
 
 class TorchPickleSource(TensorSource):

@@ -53,17 +53,25 @@ def to_flax_params(source: TensorSource, rows: Sequence[Row], what: str, dtype=n
     return params
 
 
-def to_torch_arrays(params: Mapping, rows: Sequence[Row], dtype=None) -> dict[str, np.ndarray]:
-    """PyTorch-layout arrays (keyed by state-dict key) from a Flax parameter tree."""
-    arrays = {}
+def check_flax_params(params: Mapping, rows: Sequence[Row]) -> None:
+    """Every parameter of the table is present with its shape."""
     for row in rows:
-        try:
-            value = np.asarray(get_path(params, row.flax_path))
-        except KeyError:
-            raise MagicFaceError(f"parameters lack {'/'.join(row.flax_path)}") from None
-        if value.shape != row.flax_shape:
-            raise MagicFaceError(
-                f"{'/'.join(row.flax_path)} has shape {value.shape}, expected {row.flax_shape}"
-            )
-        arrays[row.torch_key] = np.ascontiguousarray(to_torch(row.kind, value), dtype=dtype or value.dtype)
-    return arrays
+        _flax_value(params, row)
+
+
+def _flax_value(params: Mapping, row: Row) -> np.ndarray:
+    try:
+        value = get_path(params, row.flax_path)
+    except KeyError:
+        raise MagicFaceError(f"parameters lack {'/'.join(row.flax_path)}") from None
+    if tuple(np.shape(value)) != row.flax_shape:
+        raise MagicFaceError(
+            f"{'/'.join(row.flax_path)} has shape {np.shape(value)}, expected {row.flax_shape}"
+        )
+    return value
+
+
+def to_torch_array(params: Mapping, row: Row, dtype=None) -> np.ndarray:
+    """One parameter of a Flax tree in PyTorch layout (the state-dict tensor of `row.torch_key`)."""
+    value = np.asarray(_flax_value(params, row))
+    return np.ascontiguousarray(to_torch(row.kind, value), dtype=dtype or value.dtype)

@@ -1,0 +1,268 @@
+"""Measurement helpers shared by the benchmarks: timing, ahead-of-time compilation, XLA's cost and memory
+analyses, this machine's matmul rate, process memory, and a description of the machine.
+
+Benchmarks must run with XLA's default CPU code generation: import this module before JAX is first used,
+and it refuses the fast-compile flags that the test suite sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# Flags that trade run time for compile time (tests/conftest.py sets them); figures taken under them are
+# not the library's speed.
+_SLOW_CODE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+_VERSIONED = ("jax", "jaxlib", "flax", "numpy", "torch", "diffusers", "transformers", "orbax-checkpoint")
+
+
+def check_xla_flags() -> str:
+    """The XLA_FLAGS in effect; exits if they would make the figures meaningless."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    bad = [f for f in _SLOW_CODE_FLAGS if f in flags]
+    if bad:
+        sys.exit(f"error: XLA_FLAGS contains {' '.join(bad)} (test-only fast-compile flags); unset them")
+    return flags
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions(packages: Sequence[str] = _VERSIONED) -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: CPU, cores, load, date, library versions, XLA flags."""
+    return {
+        "cpu": cpu_model(),
+        "cores": cores(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average": load_average(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of repeated runs after warm-up."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"median_s": self.median, "best_s": self.best, "runs_s": list(self.seconds)}
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+    """Seconds one call takes; `fn` must wait for its result (e.g. `block_until_ready`)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_runs(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
+    for _ in range(warmup):
+        fn()
+    return Timing(tuple(time_call(fn) for _ in range(repeats)))
+
+
+def time_alternating(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    pause_s: float = 1.0,
+    settle_below_s: float = 2.0,
+) -> dict[str, Timing]:
+    """Times several functions in alternation (A B A B ...), so that a change of load on a shared machine
+    falls on all of them alike.
+
+    Each switch begins with a pause, and, for a function faster than `settle_below_s`, one untimed run:
+    after work, the idle threads of one runtime (XLA's pool, PyTorch's OpenMP team) keep spinning for a
+    while and slow the other one down, by up to 50x for a 40 ms forward on 2 cores.
+    """
+    settle = {}
+    for name, fn in fns.items():
+        seconds = [time_call(fn) for _ in range(max(warmup, 1))]
+        settle[name] = min(seconds) < settle_below_s
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if len(fns) > 1:
+                time.sleep(pause_s)
+                if settle[name]:
+                    fn()
+            runs[name].append(time_call(fn))
+    return {name: Timing(tuple(r)) for name, r in runs.items()}
+
+
+# ------------------------------------------------------------------------------------------------- XLA
+
+
+@dataclasses.dataclass
+class Compiled:
+    """An ahead-of-time compiled function with its lowering and compile times."""
+
+    executable: Any
+    lower_s: float
+    compile_s: float
+
+    @property
+    def flops(self) -> float:
+        return xla_flops(self.executable)
+
+    @property
+    def memory(self) -> dict[str, int]:
+        return xla_memory(self.executable)
+
+
+def compile_ahead(fn: Callable, *args, **kwargs) -> Compiled:
+    """`jax.jit(fn).lower(*args).compile()`, timing the two stages apart."""
+    import jax
+
+    start = time.perf_counter()
+    lowered = jax.jit(fn).lower(*args, **kwargs)
+    lowered_at = time.perf_counter()
+    executable = lowered.compile()
+    return Compiled(executable, lowered_at - start, time.perf_counter() - lowered_at)
+
+
+def xla_flops(executable) -> float:
+    """FLOPs of one call, from XLA's cost analysis (a dict, or a list of one dict in older JAX)."""
+    cost = executable.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
+def xla_memory(executable) -> dict[str, int]:
+    """XLA's buffer sizes (bytes): arguments, outputs, temporaries (the scratch the program allocates)."""
+    stats = executable.memory_analysis()
+    fields = ("argument", "output", "alias", "temp", "generated_code")
+    return {f"{name}_bytes": int(getattr(stats, f"{name}_size_in_bytes", 0)) for name in fields}
+
+
+def matmul_flops_per_second(size: int = 4096, repeats: int = 8) -> float:
+    """Best fp32 FLOP/s of a jitted `jnp.dot` of two (size, size) matrices: this machine's practical peak."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    dot = jax.jit(jnp.dot).lower(a, b).compile()
+    timing = time_runs(lambda: dot(a, b).block_until_ready(), repeats)
+    return 2 * size**3 / timing.best
+
+
+def torch_matmul_flops_per_second(size: int = 4096, repeats: int = 8) -> float:
+    """The same for `torch.mm` (its own BLAS), for comparison."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    timing = time_runs(lambda: torch.mm(a, b), repeats)
+    return 2 * size**3 / timing.best
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Highest resident memory since the process started or since `reset_peak_rss()`."""
+    return _status_kib("VmHWM") * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restarts the peak-RSS count at the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def lifetime_peak_rss_bytes() -> int:
+    """Highest resident memory over the whole process (not affected by `reset_peak_rss`)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildRun:
+    returncode: int
+    seconds: float
+    peak_rss_bytes: int
+    output: str
+
+
+def run_child(command: Sequence[str], env: dict[str, str] | None = None) -> ChildRun:
+    """Runs a command and returns its exit code, wall time, peak RSS (of that process alone) and output."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    output = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return ChildRun(process.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024, output)
+
+
+def gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
