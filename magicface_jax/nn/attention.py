@@ -35,24 +35,26 @@ def query_block(queries: int, keys: int, budget: int = CPU_LOGITS_BLOCK_BYTES) -
     return min(queries, 1 << (rows.bit_length() - 1))
 
 
-def attend_blocked(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+def attend_blocked(
+    query: jax.Array, key: jax.Array, value: jax.Array, budget: int = CPU_LOGITS_BLOCK_BYTES
+) -> jax.Array:
     """The same attention computed one (example, head) pair and one block of queries at a time
-    (`lax.map`), so that each block's logits stay in cache."""
+    (`lax.map`), so that each block's `budget` bytes of logits stay in cache."""
     batch, queries, heads, head_dim = query.shape
     keys = key.shape[1]
-    if 4 * batch * heads * queries * keys <= CPU_LOGITS_BLOCK_BYTES:
+    if 4 * batch * heads * queries * keys <= budget:
         return jax.nn.dot_product_attention(query, key, value)
     spec = jax.typeof(query).sharding.spec
     if len(spec) and spec[0] is not None:
         # A batch sharded by type (explicit mesh axes) cannot be looped over: keep it inside every step.
         def per_example(q, k, v):
             q, k, v = (x.transpose(1, 0, 2) for x in (q, k, v))
-            return _attend_heads(q, k, v, CPU_LOGITS_BLOCK_BYTES // batch).transpose(1, 0, 2)
+            return _attend_heads(q, k, v, budget // batch).transpose(1, 0, 2)
 
         return jax.vmap(per_example)(query, key, value)
     # (B*heads, tokens, head_dim): examples and heads are independent.
     q, k, v = (x.transpose(0, 2, 1, 3).reshape(batch * heads, -1, head_dim) for x in (query, key, value))
-    out = _attend_heads(q, k, v, CPU_LOGITS_BLOCK_BYTES)
+    out = _attend_heads(q, k, v, budget)
     return out.reshape(batch, heads, queries, head_dim).transpose(0, 2, 1, 3)
 
 
