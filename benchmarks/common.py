@@ -7,6 +7,7 @@ and it refuses the fast-compile flags that the test suite sets.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -15,11 +16,13 @@ import platform
 import resource
 import statistics
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
+
+from magicface_jax.errors import MagicFaceError
 
 # Flags that trade run time for compile time (tests/conftest.py sets them); figures taken under them are
 # not the library's speed.
@@ -32,7 +35,7 @@ def check_xla_flags() -> str:
     flags = os.environ.get("XLA_FLAGS", "")
     bad = [f for f in _SLOW_CODE_FLAGS if f in flags]
     if bad:
-        sys.exit(f"error: XLA_FLAGS contains {' '.join(bad)} (test-only fast-compile flags); unset them")
+        raise MagicFaceError(f"XLA_FLAGS contains {' '.join(bad)} (test-only fast-compile flags): unset them")
     return flags
 
 
@@ -178,6 +181,25 @@ def xla_flops(executable) -> float:
     if isinstance(cost, list | tuple):
         cost = cost[0]
     return float(cost.get("flops", float("nan")))
+
+
+@contextlib.contextmanager
+def plain_program() -> Iterator[None]:
+    """Programs traced inside compute the same arithmetic without the CPU's rewrites, for XLA's cost
+    analysis: attention as one `jax.nn.dot_product_attention` (the analysis counts a loop body, such as
+    the blocked attention's, once instead of once per iteration) and XLA's own convolutions (it counts the
+    zero padding of an im2col matmul, which its convolution count leaves out)."""
+    import jax
+
+    from magicface_jax.models import vae
+    from magicface_jax.nn import attention, layers
+
+    with (
+        mock.patch.object(attention, "attend", jax.nn.dot_product_attention),
+        mock.patch.object(vae, "attend", jax.nn.dot_product_attention),
+        mock.patch.object(layers, "CPU_IM2COL_MAX_PIXELS", 0),
+    ):
+        yield
 
 
 def xla_memory(executable) -> dict[str, int]:

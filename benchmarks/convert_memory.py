@@ -27,6 +27,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common
+from magicface_jax.cli import ArgumentParser, run
+from magicface_jax.errors import MagicFaceError
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL_RATIO = 2.5
@@ -43,17 +45,8 @@ CLIP_L = {
 }
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not argparse's usage block
-        raise UsageError(message)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--dtype", default="float32", help="dtype of the SD folder's weights: float32 (default) or float16"
     )
@@ -62,11 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.dtype not in ("float32", "float16"):
-        raise UsageError(f"--dtype {args.dtype!r}: use float32 or float16")
+        raise MagicFaceError(f"--dtype {args.dtype!r}: use float32 or float16")
     if args.workdir and not Path(args.workdir).is_dir():
-        raise UsageError(f"--workdir {args.workdir}: not an existing folder")
+        raise MagicFaceError(f"--workdir {args.workdir}: not an existing folder")
     if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise UsageError(f"--json {args.json}: its folder does not exist")
+        raise MagicFaceError(f"--json {args.json}: its folder does not exist")
     return args
 
 
@@ -172,12 +165,8 @@ def measure(workdir: Path, dtype: str) -> dict[str, Any]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     info = common.machine()
     print(f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, load {info['load_average']}")
     workdir = Path(tempfile.mkdtemp(prefix="convert-memory-", dir=args.workdir))
@@ -191,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {"command": " ".join(["python", *sys.argv]), "machine": info, **results}
         Path(args.json).write_text(json.dumps(report, indent=2))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -19,28 +19,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common
+from magicface_jax.cli import ArgumentParser, run
+from magicface_jax.errors import MagicFaceError
 
 CONFIGS = ("tiny", "sd15")
 LATENT_SIZE = {"tiny": 16, "sd15": 64}  # sd15: 512² images
 TIMESTEP = 500.0
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not argparse's usage block
-        raise UsageError(message)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="both", help="tiny, sd15 or both (default both)")
     parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per framework (default 5)")
@@ -49,15 +41,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-torch", action="store_true", help="time JAX only")
     args = parser.parse_args(argv)
     if args.config not in (*CONFIGS, "both"):
-        raise UsageError(f"--config {args.config!r}: use tiny, sd15 or both")
+        raise MagicFaceError(f"--config {args.config!r}: use tiny, sd15 or both")
     if args.batch < 1:
-        raise UsageError(f"--batch {args.batch}: must be at least 1")
+        raise MagicFaceError(f"--batch {args.batch}: must be at least 1")
     if args.repeats < 1:
-        raise UsageError(f"--repeats {args.repeats}: must be at least 1")
+        raise MagicFaceError(f"--repeats {args.repeats}: must be at least 1")
     if args.warmup < 1:
-        raise UsageError(f"--warmup {args.warmup}: must be at least 1 (the first call also loads code)")
+        raise MagicFaceError(f"--warmup {args.warmup}: must be at least 1 (the first call also loads code)")
     if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise UsageError(f"--json {args.json}: its folder does not exist")
+        raise MagicFaceError(f"--json {args.json}: its folder does not exist")
     return args
 
 
@@ -163,21 +155,10 @@ def torch_attention_kernel(batch: int, heads: int, tokens: int, head_dim: int) -
 
 
 def model_flops(model, args) -> float:
-    """FLOPs of one forward from XLA's cost analysis of the plain program: unblocked attention, XLA's own
-    convolutions.
-
-    The CPU program's count would be off: XLA's cost analysis counts a loop body (blocked attention) once,
-    not once per iteration, and it counts the zero padding of an im2col matmul, which its convolution
-    count leaves out.
-    """
+    """FLOPs of one forward from XLA's cost analysis of the plain program (`common.plain_program`)."""
     import jax
 
-    from magicface_jax.nn import attention, layers
-
-    with (
-        mock.patch.object(attention, "attend", jax.nn.dot_product_attention),
-        mock.patch.object(layers, "CPU_IM2COL_MAX_PIXELS", 0),
-    ):
+    with common.plain_program():
         return common.xla_flops(jax.jit(model.predict_noise).lower(*args).compile())
 
 
@@ -312,12 +293,8 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     common.check_xla_flags()
     import torch
 
@@ -343,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
