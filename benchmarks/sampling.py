@@ -18,8 +18,9 @@ seconds on a small CPU) and are timed in alternation. A guided step (one denoise
 is also timed alone in each framework: it gives the per-step figures, the denoiser's achieved FLOP/s,
 and the per-image time at 50 steps, extrapolated as (call at N steps + (50 − N) × step) / batch.
 FLOPs per step: XLA's cost analysis of one guided denoiser call, compiled as the plain program
-(`common.plain_program`), and the products alone counted from the jaxpr; the PyTorch step's FLOPs come from `torch.utils.flop_counter`. Agreement: the largest difference of the
-final latents (smallest batch) and of the decoded images (every batch).
+(`common.plain_program`), and the products alone counted from the jaxpr; the PyTorch step's FLOPs come
+from `torch.utils.flop_counter`. Agreement: the largest difference of the final latents (smallest batch)
+and of the decoded images (every batch).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Models:
     name: str
     config: Any  # MagicFaceConfig
     torch_model: Any  # TorchMagicFace, or None with --skip-torch
-    params: dict  # numpy, our layout
+    params: dict  # replicated jax arrays, our layout
     prompt: Any  # numpy (1, 77, width)
     device: str  # torch's device
 
@@ -127,7 +128,8 @@ def torch_state(model, name: str) -> dict:
 
 def build_models(name: str, with_torch: bool, seed: int = 0) -> Models:
     """The PyTorch MagicFace with random weights (diffusers' initialisation) and the same weights in our
-    layout through the conversion table."""
+    layout through the conversion table, replicated on the devices one component at a time (a full-size
+    model is 7 GiB in each framework: no third copy is kept)."""
     import numpy as np
     import torch
 
@@ -136,6 +138,7 @@ def build_models(name: str, with_torch: bool, seed: int = 0) -> Models:
     from magicface_jax.convert.sources import ArraySource
     from magicface_jax.convert.tensors import to_flax_params
     from magicface_jax.models.magicface import COMPONENTS
+    from magicface_jax.parallel.mesh import data_mesh, replicate
     from magicface_jax.torch_reference import TorchMagicFace
 
     config = tiny_magicface_config() if name == "tiny" else sd15_magicface_config()
@@ -144,7 +147,8 @@ def build_models(name: str, with_torch: bool, seed: int = 0) -> Models:
     params = {}
     for component in COMPONENTS:
         rows = network_table(getattr(config, component))
-        params[component] = to_flax_params(ArraySource(torch_state(model, component)), rows, component)
+        arrays = to_flax_params(ArraySource(torch_state(model, component)), rows, component)
+        params[component] = replicate(arrays, data_mesh())
     width = config.denoiser.cross_attention_dim
     prompt = np.random.default_rng(seed).standard_normal((1, 77, width)).astype(np.float32)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -36,9 +36,16 @@ def to_global(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def replicate(tree, mesh: Mesh):
-    """Every leaf of a pytree of host arrays, replicated on every device of the mesh."""
+    """Every leaf of a pytree of host arrays, replicated on every device of the mesh. Leaves already
+    replicated there are kept as they are, not copied."""
     sharding = replicated(mesh)
-    return jax.tree.map(lambda leaf: to_global(leaf, sharding), tree)
+
+    def put(leaf):
+        if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+            return leaf
+        return to_global(leaf, sharding)
+
+    return jax.tree.map(put, tree)
 
 
 def to_host(array: jax.Array) -> np.ndarray:
