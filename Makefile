@@ -37,8 +37,10 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The tiny configuration, in minutes; BENCHMARKS.md gives the full-size commands.
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/model.py
+	$(BIN)/python benchmarks/model.py --config tiny
+	$(BIN)/python benchmarks/sampling.py --config tiny
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
