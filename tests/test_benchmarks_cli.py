@@ -1,0 +1,34 @@
+"""The benchmark scripts refuse bad arguments with one line and exit status 2, before any model work."""
+
+import pytest
+
+from benchmarks import convert_memory, model, sampling
+from magicface_jax.cli import run
+
+BAD_ARGUMENTS = [
+    (model, ["--config", "sd21"], "--config 'sd21'"),
+    (model, ["--batch", "0"], "--batch 0"),
+    (model, ["--json", "/nowhere/at/all/out.json"], "its folder does not exist"),
+    (sampling, ["--batch", "1,x"], "comma-separated whole numbers"),
+    (sampling, ["--batch", "0"], "at least 1"),
+    (sampling, ["--guidance", "1.0"], "must be above 1"),
+    (sampling, ["--dtype", "float64"], "--dtype 'float64'"),
+    (sampling, ["--steps", "0"], "--steps 0"),
+    (convert_memory, ["--dtype", "int8"], "--dtype 'int8'"),
+    (convert_memory, ["--workdir", "/nowhere/at/all"], "not an existing folder"),
+    (model, ["--no-such-flag"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), BAD_ARGUMENTS)
+def test_bad_arguments(capsys, script, argv, message):
+    assert run(script.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_fast_compile_flags_are_refused(monkeypatch, capsys):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    assert run(model.main, ["--config", "tiny"]) == 2
+    assert "fast-compile" in capsys.readouterr().err
