@@ -39,6 +39,14 @@ def flax_leaf(params, torch_key: str, config) -> np.ndarray:
     return np.asarray(get_path(params, row.flax_path))
 
 
+def assert_same_params(ours: Path, expected: Path, names: tuple[str, ...]) -> None:
+    """The named networks of two checkpoints hold identical parameters, path by path."""
+    for name in names:
+        got, want = checkpoint.read_params(ours, name), checkpoint.read_params(expected, name)
+        for row in network_table(getattr(tiny_magicface_config(), name)):
+            np.testing.assert_array_equal(get_path(got, row.flax_path), get_path(want, row.flax_path))
+
+
 def test_release_converts_exactly(converted, torch_model):
     info = checkpoint.read_info(converted)
     assert info.config == tiny_magicface_config()
@@ -209,13 +217,7 @@ def test_single_file_converts_like_the_folder(
         tokenizer=sd_folder / "tokenizer",
         **QUIET,
     )
-    for name in ("vae", "denoiser"):
-        ours, folder = (
-            checkpoint.read_params(tmp_path / "ckpt", name),
-            checkpoint.read_params(converted, name),
-        )
-        for row in network_table(getattr(tiny_magicface_config(), name)):
-            np.testing.assert_array_equal(get_path(ours, row.flax_path), get_path(folder, row.flax_path))
+    assert_same_params(tmp_path / "ckpt", converted, ("vae", "denoiser"))
     np.testing.assert_allclose(
         checkpoint.read_prompt_embeds(tmp_path / "ckpt"), checkpoint.read_prompt_embeds(converted), atol=1e-6
     )
@@ -369,10 +371,4 @@ def test_bin_and_sharded_release_convert_like_safetensors(sd_folder, release_fol
     encoder.unlink()
 
     to_orbax(sd_folder, tmp_path / "ckpt", magicface=release, **QUIET)
-    for name in ("identity_encoder", "denoiser"):
-        ours, expected = (
-            checkpoint.read_params(tmp_path / "ckpt", name),
-            checkpoint.read_params(converted, name),
-        )
-        for row in network_table(getattr(tiny_magicface_config(), name)):
-            np.testing.assert_array_equal(get_path(ours, row.flax_path), get_path(expected, row.flax_path))
+    assert_same_params(tmp_path / "ckpt", converted, ("identity_encoder", "denoiser"))
