@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks import convert_memory, model, sampling
+from benchmarks import convert_memory, model, profile_step, sampling
 from magicface_jax.cli import run
 
 BAD_ARGUMENTS = [
@@ -17,6 +17,10 @@ BAD_ARGUMENTS = [
     (convert_memory, ["--dtype", "int8"], "--dtype 'int8'"),
     (convert_memory, ["--workdir", "/nowhere/at/all"], "not an existing folder"),
     (model, ["--no-such-flag"], "unrecognized arguments"),
+    (profile_step, ["--config", "sdxl"], "--config 'sdxl'"),
+    (profile_step, ["--batch", "0"], "--batch 0"),
+    (profile_step, ["--guidance", "1"], "must be above 1"),
+    (profile_step, ["--top", "0"], "--top 0"),
 ]
 
 
