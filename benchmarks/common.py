@@ -197,7 +197,7 @@ def plain_program() -> Iterator[None]:
     with (
         mock.patch.object(attention, "attend", jax.nn.dot_product_attention),
         mock.patch.object(vae, "attend", jax.nn.dot_product_attention),
-        mock.patch.object(layers, "CPU_IM2COL_MAX_PIXELS", 0),
+        mock.patch.object(layers, "CPU_IM2COL_BAND_BYTES", 0),
     ):
         yield
 
