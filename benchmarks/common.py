@@ -30,6 +30,12 @@ _SLOW_CODE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_ex
 _VERSIONED = ("jax", "jaxlib", "flax", "numpy", "torch", "diffusers", "transformers", "orbax-checkpoint")
 
 
+def check_json_path(path: str | None) -> None:
+    """`--json PATH` must name a file in an existing folder (checked before any measurement)."""
+    if path and not Path(path).resolve().parent.is_dir():
+        raise MagicFaceError(f"--json {path}: its folder does not exist")
+
+
 def check_xla_flags() -> str:
     """The XLA_FLAGS in effect; exits if they would make the figures meaningless."""
     flags = os.environ.get("XLA_FLAGS", "")

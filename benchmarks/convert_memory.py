@@ -58,8 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise MagicFaceError(f"--dtype {args.dtype!r}: use float32 or float16")
     if args.workdir and not Path(args.workdir).is_dir():
         raise MagicFaceError(f"--workdir {args.workdir}: not an existing folder")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise MagicFaceError(f"--json {args.json}: its folder does not exist")
+    common.check_json_path(args.json)
     return args
 
 

@@ -48,8 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise MagicFaceError(f"--repeats {args.repeats}: must be at least 1")
     if args.warmup < 1:
         raise MagicFaceError(f"--warmup {args.warmup}: must be at least 1 (the first call also loads code)")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise MagicFaceError(f"--json {args.json}: its folder does not exist")
+    common.check_json_path(args.json)
     return args
 
 

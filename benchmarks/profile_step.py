@@ -31,11 +31,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common
+from benchmarks.model import CONFIGS, LATENT_SIZE
 from magicface_jax.cli import ArgumentParser, run
 from magicface_jax.errors import MagicFaceError
-
-CONFIGS = ("tiny", "sd15")
-LATENT_SIZE = {"tiny": 16, "sd15": 64}
 
 PRODUCTS = ("dot", "convolution")
 # Opcodes that move or relabel data without arithmetic.
@@ -77,8 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise MagicFaceError(f"--guidance {args.guidance}: must be above 1 (both branches run)")
     if args.top < 1:
         raise MagicFaceError(f"--top {args.top}: must be at least 1")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise MagicFaceError(f"--json {args.json}: its folder does not exist")
+    common.check_json_path(args.json)
     return args
 
 
@@ -149,20 +146,21 @@ def hlo_ops(text: str) -> dict[str, Op]:
             if match:
                 current.append(match.groups())
 
+    def runs(instruction: tuple[str, str, str, str], types: dict[str, str]) -> tuple[set[str], float]:
+        """Opcodes an instruction runs (a fusion: those of its computation) and the FLOPs of its products."""
+        _, result, opcode, rest = instruction
+        if opcode == "fusion":
+            return contents(_called(rest))
+        return {opcode}, _product_flops(opcode, result, rest, types) if opcode in PRODUCTS else 0.0
+
     def contents(computation: str) -> tuple[set[str], float]:
-        """Opcodes run by a computation (through nested fusions) and the FLOPs of its products."""
         instructions = computations.get(computation, [])
         types = {name: result for name, result, _, _ in instructions}
         opcodes, flops = set(), 0.0
-        for _, result, opcode, rest in instructions:
-            if opcode == "fusion":
-                inner, inner_flops = contents(_called(rest))
-                opcodes |= inner
-                flops += inner_flops
-                continue
-            opcodes.add(opcode)
-            if opcode in PRODUCTS:
-                flops += _product_flops(opcode, result, rest, types)
+        for instruction in instructions:
+            inner, inner_flops = runs(instruction, types)
+            opcodes |= inner
+            flops += inner_flops
         return opcodes, flops
 
     fused = {
@@ -176,12 +174,9 @@ def hlo_ops(text: str) -> dict[str, Op]:
         if computation in fused:
             continue
         types = {name: result for name, result, _, _ in instructions}
-        for name, result, opcode, rest in instructions:
-            if opcode == "fusion":
-                opcodes, flops = contents(_called(rest))
-            else:
-                opcodes = {opcode}
-                flops = _product_flops(opcode, result, rest, types) if opcode in PRODUCTS else 0.0
+        for instruction in instructions:
+            name, result, opcode, _ = instruction
+            opcodes, flops = runs(instruction, types)
             ops[name] = Op(name, opcode, result, _category(opcodes), flops)
     return ops
 

@@ -90,8 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise MagicFaceError(f"--repeats {args.repeats}: must be at least 1")
     if args.dtype not in (*DTYPES, "both", "auto"):
         raise MagicFaceError(f"--dtype {args.dtype!r}: use float32, bfloat16, both or auto")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise MagicFaceError(f"--json {args.json}: its folder does not exist")
+    common.check_json_path(args.json)
     cache = args.compilation_cache
     if cache and Path(cache).exists() and not Path(cache).is_dir():
         raise MagicFaceError(f"--compilation-cache {args.compilation_cache}: not a folder")
