@@ -7,7 +7,6 @@ and it refuses the fast-compile flags that the test suite sets.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -17,10 +16,9 @@ import resource
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from magicface_jax.errors import MagicFaceError
 
@@ -189,23 +187,14 @@ def xla_flops(executable) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-@contextlib.contextmanager
-def plain_program() -> Iterator[None]:
-    """Programs traced inside compute the same arithmetic without the CPU's rewrites, for XLA's cost
-    analysis: attention as one `jax.nn.dot_product_attention` (the analysis counts a loop body, such as
-    the blocked attention's, once instead of once per iteration) and XLA's own convolutions (it counts the
-    zero padding of an im2col matmul, which its convolution count leaves out)."""
-    import jax
+def plain(model):
+    """The same model computing the same arithmetic without the CPU's rewrites, for XLA's cost analysis:
+    attention as one `jax.nn.dot_product_attention` (the analysis counts a loop body, such as the blocked
+    attention's, once instead of once per iteration) and XLA's own convolutions (it counts the zero
+    padding of an im2col matmul, which its convolution count leaves out)."""
+    from magicface_jax.nn.cpu_kernels import PLAIN
 
-    from magicface_jax.models import vae
-    from magicface_jax.nn import attention, layers
-
-    with (
-        mock.patch.object(attention, "attend", jax.nn.dot_product_attention),
-        mock.patch.object(vae, "attend", jax.nn.dot_product_attention),
-        mock.patch.object(layers, "CPU_IM2COL_BAND_BYTES", 0),
-    ):
-        yield
+    return dataclasses.replace(model, kernels=PLAIN)
 
 
 def xla_memory(executable) -> dict[str, int]:

@@ -154,11 +154,10 @@ def torch_attention_kernel(batch: int, heads: int, tokens: int, head_dim: int) -
 
 
 def model_flops(model, args) -> float:
-    """FLOPs of one forward from XLA's cost analysis of the plain program (`common.plain_program`)."""
+    """FLOPs of one forward from XLA's cost analysis of the plain program (`common.plain`)."""
     import jax
 
-    with common.plain_program():
-        return common.xla_flops(jax.jit(model.predict_noise).lower(*args).compile())
+    return common.xla_flops(jax.jit(common.plain(model).predict_noise).lower(*args).compile())
 
 
 @dataclasses.dataclass
@@ -178,6 +177,7 @@ def prepare(name: str, batch: int, with_torch: bool) -> Setup:
     import jax
 
     from magicface_jax.models.magicface import MagicFace
+    from magicface_jax.nn.cpu_kernels import SAMPLING
 
     config = model_config(name)
     size = LATENT_SIZE[name]
@@ -185,7 +185,7 @@ def prepare(name: str, batch: int, with_torch: bool) -> Setup:
     params = flax_params(denoiser, config)
     weights_rss = common.rss_bytes()
     inputs = benchmark_inputs(config, batch, size)
-    model = MagicFace(config)
+    model = MagicFace(config, kernels=SAMPLING)
     identity_kv = jax.jit(model.identity_kv)(params, inputs["identity"])
     jax_args = (
         params,

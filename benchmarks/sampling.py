@@ -18,7 +18,7 @@ seconds on a small CPU) and are timed in alternation. A guided step (one denoise
 is also timed alone in each framework: it gives the per-step figures, the denoiser's achieved FLOP/s,
 and the per-image time at 50 steps, extrapolated as (call at N steps + (50 − N) × step) / batch.
 FLOPs per step: XLA's cost analysis of one guided denoiser call, compiled as the plain program
-(`common.plain_program`), and the products alone counted from the jaxpr; the PyTorch step's FLOPs come
+(`common.plain`), and the products alone counted from the jaxpr; the PyTorch step's FLOPs come
 from `torch.utils.flop_counter`. Agreement: the largest difference of the final latents (smallest batch)
 and of the decoded images (every batch).
 """
@@ -279,8 +279,7 @@ def step_flops(pipe, args: tuple) -> float:
     import jax
 
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
-    with common.plain_program():
-        return common.xla_flops(jax.jit(guided_step(pipe.model)).lower(*abstract).compile())
+    return common.xla_flops(jax.jit(guided_step(common.plain(pipe.model))).lower(*abstract).compile())
 
 
 def compile_program(program, args: tuple) -> tuple[Any, dict[str, float]]:

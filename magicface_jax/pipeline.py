@@ -37,6 +37,7 @@ from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces.aus import NUM_AUS, au_vector, out_of_range
 from magicface_jax.images import ImageLike, as_batch, check_latent_size, to_model_input, to_uint8
 from magicface_jax.models.magicface import COMPONENTS, MagicFace, Params
+from magicface_jax.nn.cpu_kernels import SAMPLING
 from magicface_jax.parallel.mesh import (
     DATA,
     batch_sharded,
@@ -207,7 +208,7 @@ class MagicFacePipeline:
     ):
         check_params(params, config)
         self.config = config
-        self.model = MagicFace(config)
+        self.model = MagicFace(config, kernels=SAMPLING)
         self.schedule = schedule
         self.mesh = mesh if mesh is not None else data_mesh()
         self.params = replicate(params, self.mesh)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from magicface_jax.nn.attention import attend_blocked, query_block
+from magicface_jax.nn.cpu_kernels import PLAIN, attend, attend_blocked, query_block
 from magicface_jax.parallel.mesh import batch_sharded, data_mesh
 
 
@@ -28,7 +28,7 @@ def test_blocked_attention_equals_dense(queries):
     query, key, value = qkv(2, queries, 50)
     expected = jax.nn.dot_product_attention(query, key, value)
     # A budget of 16 query rows: several blocks per head.
-    got = jax.jit(lambda q, k, v: attend_blocked(q, k, v, budget=4 * 50 * 16))(query, key, value)
+    got = jax.jit(lambda q, k, v: attend_blocked(q, k, v, 4 * 50 * 16))(query, key, value)
     np.testing.assert_allclose(got, expected, atol=2e-6)
 
 
@@ -36,5 +36,11 @@ def test_blocked_attention_on_a_sharded_batch():
     query, key, value = qkv(8, 40, 24)
     sharding = batch_sharded(data_mesh())
     sharded = [jax.device_put(x, sharding) for x in (query, key, value)]
-    got = jax.jit(lambda q, k, v: attend_blocked(q, k, v, budget=4 * 24 * 8))(*sharded)
+    got = jax.jit(lambda q, k, v: attend_blocked(q, k, v, 4 * 24 * 8))(*sharded)
     np.testing.assert_allclose(got, jax.nn.dot_product_attention(query, key, value), atol=2e-6)
+
+
+def test_plain_kernels_attend_in_one_piece():
+    query, key, value = qkv(2, 64, 50)
+    lowered = jax.jit(lambda q, k, v: attend(q, k, v, PLAIN)).lower(query, key, value).as_text()
+    assert "while" not in lowered

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from magicface_jax.nn.layers import _xla_conv, band_rows, conv2d
+from magicface_jax.nn.cpu_kernels import PLAIN, SAMPLING, Kernels, band_rows, conv2d, xla_conv
 from magicface_jax.parallel.mesh import batch_sharded, data_mesh
 
 SAME = ((1, 1), (1, 1))
@@ -17,15 +17,19 @@ def inputs(batch: int, height: int, width: int, channels: int = 5, features: int
     return x, k
 
 
+def banded(budget: int) -> Kernels:
+    return Kernels(im2col_whole_pixels=SAMPLING.im2col_whole_pixels, im2col_band_bytes=budget)
+
+
 def test_band_rows_is_a_power_of_two_dividing_the_height_within_budget():
     x, k = inputs(2, 64, 64, channels=320)
     row_bytes = 4 * 2 * 64 * 9 * 320
-    assert band_rows(x, k, SAME, budget=6 * 2**20) == 4
-    assert band_rows(x, k, SAME, budget=row_bytes - 1) == 1  # at least one row
+    assert band_rows(x, k, SAME, banded(6 * 2**20)) == 4
+    assert band_rows(x, k, SAME, banded(row_bytes - 1)) == 1  # at least one row
     x, k = inputs(1, 12, 64)
-    assert band_rows(x, k, SAME, budget=4 * 64 * 9 * 5 * 8) == 4  # 8 rows fit, but 8 does not divide 12
+    assert band_rows(x, k, SAME, banded(4 * 64 * 9 * 5 * 8)) == 4  # 8 rows fit, but 8 does not divide 12
     x, k = inputs(1, 8, 8)
-    assert band_rows(x, k, SAME, budget=1) == 8  # small outputs: one matmul
+    assert band_rows(x, k, SAME, banded(1)) == 8  # small outputs: one matmul
 
 
 @pytest.mark.parametrize(
@@ -37,16 +41,20 @@ def test_band_rows_is_a_power_of_two_dividing_the_height_within_budget():
         ((1, 22, 30), ((0, 1), (2, 0)), 4 * 30 * 9 * 5 * 4),  # uneven padding, 21 rows out: 1 per band
     ],
 )
-def test_im2col_convolution_equals_xla(monkeypatch, shape, padding, budget):
-    monkeypatch.setattr("magicface_jax.nn.layers.CPU_IM2COL_BAND_BYTES", budget)
+def test_im2col_convolution_equals_xla(shape, padding, budget):
     x, k = inputs(*shape)
-    got = jax.jit(lambda x, k: conv2d(x, k, 1, padding))(x, k)
-    np.testing.assert_allclose(got, _xla_conv(x, k, 1, padding), atol=2e-5)
+    got = jax.jit(lambda x, k: conv2d(x, k, 1, padding, banded(budget)))(x, k)
+    np.testing.assert_allclose(got, xla_conv(x, k, 1, padding), atol=2e-5)
 
 
-def test_banded_convolution_on_a_sharded_batch(monkeypatch):
-    monkeypatch.setattr("magicface_jax.nn.layers.CPU_IM2COL_BAND_BYTES", 1)
+def test_banded_convolution_on_a_sharded_batch():
     x, k = inputs(8, 24, 24)
     sharded = jax.device_put(x, batch_sharded(data_mesh()))
-    got = jax.jit(lambda x, k: conv2d(x, k, 1, SAME))(sharded, k)
-    np.testing.assert_allclose(got, _xla_conv(x, k, 1, SAME), atol=2e-5)
+    got = jax.jit(lambda x, k: conv2d(x, k, 1, SAME, banded(1)))(sharded, k)
+    np.testing.assert_allclose(got, xla_conv(x, k, 1, SAME), atol=2e-5)
+
+
+def test_plain_kernels_are_xla_convolution():
+    x, k = inputs(2, 8, 8)
+    lowered = jax.jit(lambda x, k: conv2d(x, k, 1, SAME, PLAIN)).lower(x, k).as_text()
+    assert "convolution" in lowered and "dot_general" not in lowered

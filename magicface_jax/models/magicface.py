@@ -17,6 +17,7 @@ from magicface_jax.config import MagicFaceConfig, UNetConfig, VAEConfig
 from magicface_jax.models.unet import UNet
 from magicface_jax.models.vae import AutoencoderKL
 from magicface_jax.nn.attention import KeyValue
+from magicface_jax.nn.cpu_kernels import PLAIN, Kernels
 
 COMPONENTS = ("identity_encoder", "denoiser", "vae")
 Params = dict
@@ -74,21 +75,28 @@ def init_params(config: MagicFaceConfig, rng: jax.Array) -> Params:
 
 @dataclasses.dataclass(frozen=True)
 class MagicFace:
-    """The model's forward functions. Every method is pure: params in, arrays out."""
+    """The model's forward functions. Every method is pure: params in, arrays out.
+
+    `kernels` and `remat` are how the program computes, not what: the CPU rewrites of convolution and
+    attention (`nn.cpu_kernels`; sampling turns them on, training leaves them off) and the UNets'
+    rematerialization policy for training (`REMAT_POLICIES`).
+    """
 
     config: MagicFaceConfig
+    kernels: Kernels = PLAIN
+    remat: str = "none"
 
     @property
     def identity_encoder(self) -> UNet:
-        return UNet(self.config.identity_encoder, self.config.compute_dtype)
+        return UNet(self.config.identity_encoder, self.config.compute_dtype, self.kernels, self.remat)
 
     @property
     def denoiser(self) -> UNet:
-        return UNet(self.config.denoiser, self.config.compute_dtype)
+        return UNet(self.config.denoiser, self.config.compute_dtype, self.kernels, self.remat)
 
     @property
     def vae(self) -> AutoencoderKL:
-        return AutoencoderKL(self.config.vae, self.config.compute_dtype)
+        return AutoencoderKL(self.config.vae, self.config.compute_dtype, self.kernels)
 
     def vae_encode(self, vae_params: Params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(B, H, W, 3) in [-1, 1] -> posterior (mean, logvar), each (B, H/8, W/8, 4), unscaled."""

@@ -21,12 +21,24 @@ import jax.numpy as jnp
 
 from magicface_jax.config import CROSS_ATTN_DOWN, CROSS_ATTN_UP, UNetConfig
 from magicface_jax.nn.attention import KeyValue
+from magicface_jax.nn.cpu_kernels import PLAIN, Kernels
 from magicface_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from magicface_jax.nn.layers import AU, TIME, conv, dense, group_norm
 from magicface_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from magicface_jax.nn.transformer import Transformer2D
 
 Features = list[jax.Array]  # hidden states entering each transformer block, in execution order
+
+# Rematerialization (gradient checkpointing) during training: "block" keeps only each down, mid and up
+# block's inputs for the backward pass and recomputes the rest; "full" also recomputes each resnet and
+# transformer inside a block from its own input, so that at most one layer's internals are held at once.
+REMAT_POLICIES = ("none", "block", "full")
+
+
+def _remat(module_class, enabled: bool):
+    return (
+        nn.remat(module_class, policy=jax.checkpoint_policies.nothing_saveable) if enabled else module_class
+    )
 
 
 class _Block(nn.Module):
@@ -38,17 +50,26 @@ class _Block(nn.Module):
     num_layers: int
     with_attention: bool
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
+    remat_layers: bool = False
 
     def setup(self):
         c = self.config
+        resnet = _remat(ResnetBlock2D, self.remat_layers)
         self.resnets = [
-            ResnetBlock2D(self.channels, c.norm_num_groups, c.norm_eps, self.dtype)
+            resnet(self.channels, c.norm_num_groups, c.norm_eps, self.dtype, self.kernels)
             for _ in range(self.num_layers)
         ]
         if self.with_attention:
+            transformer = _remat(Transformer2D, self.remat_layers)
             self.attentions = [
-                Transformer2D(
-                    self.channels, self.heads, c.norm_num_groups, c.use_linear_projection, self.dtype
+                transformer(
+                    self.channels,
+                    self.heads,
+                    c.norm_num_groups,
+                    c.use_linear_projection,
+                    self.dtype,
+                    self.kernels,
                 )
                 for _ in range(self.num_attention_layers)
             ]
@@ -76,7 +97,7 @@ class DownBlock(_Block):
     def setup(self):
         super().setup()
         if self.add_downsample:
-            self.downsamplers_0 = Downsample2D(self.channels, dtype=self.dtype)
+            self.downsamplers_0 = Downsample2D(self.channels, False, self.dtype, self.kernels)
 
     def __call__(self, x, temb, context, identity_kv=None):
         skips, features = [], []
@@ -112,7 +133,7 @@ class UpBlock(_Block):
     def setup(self):
         super().setup()
         if self.add_upsample:
-            self.upsamplers_0 = Upsample2D(self.channels, dtype=self.dtype)
+            self.upsamplers_0 = Upsample2D(self.channels, self.dtype, self.kernels)
 
     def __call__(self, x, skips, temb, context, identity_kv=None):
         features = []
@@ -133,43 +154,49 @@ class UNet(nn.Module):
 
     config: UNetConfig
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
+    remat: str = "none"  # one of REMAT_POLICIES
 
     def setup(self):
         c = self.config
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat policy {self.remat!r} is not one of {REMAT_POLICIES}")
         widths = c.block_out_channels
         last = len(widths) - 1
-        self.conv_in = conv(widths[0], self.dtype, "conv_in")
+        blocks = self.remat != "none"
+        options = {"dtype": self.dtype, "kernels": self.kernels, "remat_layers": self.remat == "full"}
+        self.conv_in = conv(widths[0], self.dtype, "conv_in", kernels=self.kernels)
         self.time_embedding = TimestepEmbedding(c.time_embed_dim, self.dtype)
         if c.au_dim:
             self.au_aug_mlp = dense(c.time_embed_dim, (AU, TIME), self.dtype, "au_aug_mlp")
         self.down_blocks = [
-            DownBlock(
+            _remat(DownBlock, blocks)(
                 c,
                 widths[i],
                 c.attention_heads[i],
                 c.layers_per_block,
                 kind == CROSS_ATTN_DOWN,
-                self.dtype,
+                **options,
                 add_downsample=i < last,
             )
             for i, kind in enumerate(c.down_block_types)
         ]
-        self.mid_block = MidBlock(c, widths[-1], c.attention_heads[-1], 2, True, self.dtype)
+        self.mid_block = _remat(MidBlock, blocks)(c, widths[-1], c.attention_heads[-1], 2, True, **options)
         reversed_widths, reversed_heads = widths[::-1], c.attention_heads[::-1]
         self.up_blocks = [
-            UpBlock(
+            _remat(UpBlock, blocks)(
                 c,
                 reversed_widths[i],
                 reversed_heads[i],
                 c.layers_per_block + 1,
                 kind == CROSS_ATTN_UP,
-                self.dtype,
+                **options,
                 add_upsample=i < last,
             )
             for i, kind in enumerate(c.up_block_types)
         ]
         self.conv_norm_out = group_norm(c.norm_num_groups, c.norm_eps, self.dtype, "conv_norm_out")
-        self.conv_out = conv(c.out_channels, self.dtype, "conv_out")
+        self.conv_out = conv(c.out_channels, self.dtype, "conv_out", kernels=self.kernels)
 
     def _blocks(self) -> list[_Block]:
         return [*self.down_blocks, self.mid_block, *self.up_blocks]

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from magicface_jax.config import VAEConfig
-from magicface_jax.nn.attention import attend
+from magicface_jax.nn.cpu_kernels import PLAIN, Kernels, attend
 from magicface_jax.nn.layers import EMBED, HEADS, conv, dense, group_norm
 from magicface_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
@@ -23,6 +23,7 @@ class SpatialSelfAttention(nn.Module):
     channels: int
     groups: int
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, x):
@@ -30,7 +31,7 @@ class SpatialSelfAttention(nn.Module):
         h = group_norm(self.groups, VAE_NORM_EPS, self.dtype, "group_norm")(x)
         h = h.reshape(batch, height * width, 1, channels)
         q, k, v = (dense(channels, (EMBED, HEADS), self.dtype, name)(h) for name in ("to_q", "to_k", "to_v"))
-        out = attend(q, k, v).reshape(batch, height * width, channels)
+        out = attend(q, k, v, self.kernels).reshape(batch, height * width, channels)
         out = dense(channels, (HEADS, EMBED), self.dtype, "to_out_0")(out)
         return x + out.reshape(batch, height, width, channels)
 
@@ -39,12 +40,17 @@ class MidBlock(nn.Module):
     channels: int
     groups: int
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, x):
-        x = ResnetBlock2D(self.channels, self.groups, VAE_NORM_EPS, self.dtype, name="resnets_0")(x)
-        x = SpatialSelfAttention(self.channels, self.groups, self.dtype, name="attentions_0")(x)
-        return ResnetBlock2D(self.channels, self.groups, VAE_NORM_EPS, self.dtype, name="resnets_1")(x)
+        x = ResnetBlock2D(
+            self.channels, self.groups, VAE_NORM_EPS, self.dtype, self.kernels, name="resnets_0"
+        )(x)
+        x = SpatialSelfAttention(self.channels, self.groups, self.dtype, self.kernels, name="attentions_0")(x)
+        return ResnetBlock2D(
+            self.channels, self.groups, VAE_NORM_EPS, self.dtype, self.kernels, name="resnets_1"
+        )(x)
 
 
 class ResampleBlock(nn.Module):
@@ -55,54 +61,71 @@ class ResampleBlock(nn.Module):
     num_layers: int
     resample: str | None = None
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, x):
         for j in range(self.num_layers):
-            x = ResnetBlock2D(self.channels, self.groups, VAE_NORM_EPS, self.dtype, name=f"resnets_{j}")(x)
+            x = ResnetBlock2D(
+                self.channels, self.groups, VAE_NORM_EPS, self.dtype, self.kernels, name=f"resnets_{j}"
+            )(x)
         if self.resample == "down":
-            x = Downsample2D(self.channels, asymmetric=True, dtype=self.dtype, name="downsamplers_0")(x)
+            x = Downsample2D(self.channels, True, self.dtype, self.kernels, name="downsamplers_0")(x)
         elif self.resample == "up":
-            x = Upsample2D(self.channels, dtype=self.dtype, name="upsamplers_0")(x)
+            x = Upsample2D(self.channels, self.dtype, self.kernels, name="upsamplers_0")(x)
         return x
 
 
 class Encoder(nn.Module):
     config: VAEConfig
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, x):
         c = self.config
         widths = c.block_out_channels
-        x = conv(widths[0], self.dtype, "conv_in")(x)
+        x = conv(widths[0], self.dtype, "conv_in", kernels=self.kernels)(x)
         for i, width in enumerate(widths):
             resample = "down" if i < len(widths) - 1 else None
             x = ResampleBlock(
-                width, c.norm_num_groups, c.layers_per_block, resample, self.dtype, name=f"down_blocks_{i}"
+                width,
+                c.norm_num_groups,
+                c.layers_per_block,
+                resample,
+                self.dtype,
+                self.kernels,
+                name=f"down_blocks_{i}",
             )(x)
-        x = MidBlock(widths[-1], c.norm_num_groups, self.dtype, name="mid_block")(x)
+        x = MidBlock(widths[-1], c.norm_num_groups, self.dtype, self.kernels, name="mid_block")(x)
         x = nn.silu(group_norm(c.norm_num_groups, VAE_NORM_EPS, self.dtype, "conv_norm_out")(x))
-        return conv(2 * c.latent_channels, self.dtype, "conv_out")(x)
+        return conv(2 * c.latent_channels, self.dtype, "conv_out", kernels=self.kernels)(x)
 
 
 class Decoder(nn.Module):
     config: VAEConfig
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, z):
         c = self.config
         widths = c.block_out_channels[::-1]
-        x = conv(widths[0], self.dtype, "conv_in")(z)
-        x = MidBlock(widths[0], c.norm_num_groups, self.dtype, name="mid_block")(x)
+        x = conv(widths[0], self.dtype, "conv_in", kernels=self.kernels)(z)
+        x = MidBlock(widths[0], c.norm_num_groups, self.dtype, self.kernels, name="mid_block")(x)
         for i, width in enumerate(widths):
             resample = "up" if i < len(widths) - 1 else None
             x = ResampleBlock(
-                width, c.norm_num_groups, c.layers_per_block + 1, resample, self.dtype, name=f"up_blocks_{i}"
+                width,
+                c.norm_num_groups,
+                c.layers_per_block + 1,
+                resample,
+                self.dtype,
+                self.kernels,
+                name=f"up_blocks_{i}",
             )(x)
         x = nn.silu(group_norm(c.norm_num_groups, VAE_NORM_EPS, self.dtype, "conv_norm_out")(x))
-        return conv(c.out_channels, self.dtype, "conv_out")(x)
+        return conv(c.out_channels, self.dtype, "conv_out", kernels=self.kernels)(x)
 
 
 class AutoencoderKL(nn.Module):
@@ -114,13 +137,14 @@ class AutoencoderKL(nn.Module):
 
     config: VAEConfig
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
 
     def setup(self):
         c = self.config
-        self.encoder = Encoder(c, self.dtype)
+        self.encoder = Encoder(c, self.dtype, self.kernels)
         self.quant_conv = conv(2 * c.latent_channels, self.dtype, "quant_conv", kernel=1, padding=0)
         self.post_quant_conv = conv(c.latent_channels, self.dtype, "post_quant_conv", kernel=1, padding=0)
-        self.decoder = Decoder(c, self.dtype)
+        self.decoder = Decoder(c, self.dtype, self.kernels)
 
     def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         moments = self.quant_conv(self.encoder(images.astype(self.dtype))).astype(jnp.float32)

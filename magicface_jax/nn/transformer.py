@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from magicface_jax.nn.attention import Attention, KeyValue
+from magicface_jax.nn.cpu_kernels import PLAIN, Kernels
 from magicface_jax.nn.layers import CONV_IN, CONV_OUT, CROSS, EMBED, MLP, conv, dense, group_norm, layer_norm
 
 
@@ -45,12 +46,15 @@ class BasicTransformerBlock(nn.Module):
     heads: int
     head_dim: int
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
 
     def setup(self):
         self.norm1 = layer_norm(1e-5, self.dtype, "norm1")
-        self.attn1 = Attention(self.heads, self.head_dim, self.dim, dtype=self.dtype)
+        self.attn1 = Attention(self.heads, self.head_dim, self.dim, dtype=self.dtype, kernels=self.kernels)
         self.norm2 = layer_norm(1e-5, self.dtype, "norm2")
-        self.attn2 = Attention(self.heads, self.head_dim, self.dim, context_axis=CROSS, dtype=self.dtype)
+        self.attn2 = Attention(
+            self.heads, self.head_dim, self.dim, context_axis=CROSS, dtype=self.dtype, kernels=self.kernels
+        )
         self.norm3 = layer_norm(1e-5, self.dtype, "norm3")
         self.ff = FeedForward(self.dim, dtype=self.dtype)
 
@@ -76,6 +80,7 @@ class Transformer2D(nn.Module):
     groups: int = 32
     use_linear_projection: bool = False
     dtype: jnp.dtype = jnp.float32
+    kernels: Kernels = PLAIN
 
     def setup(self):
         self.norm = group_norm(self.groups, 1e-6, self.dtype, "norm")
@@ -86,7 +91,9 @@ class Transformer2D(nn.Module):
             self.proj_in = conv(self.channels, self.dtype, "proj_in", kernel=1, padding=0)
             self.proj_out = conv(self.channels, self.dtype, "proj_out", kernel=1, padding=0)
         self.transformer_blocks = [
-            BasicTransformerBlock(self.channels, self.heads, self.channels // self.heads, self.dtype)
+            BasicTransformerBlock(
+                self.channels, self.heads, self.channels // self.heads, self.dtype, self.kernels
+            )
         ]
 
     def identity_kv(self, identity_tokens: Sequence[jax.Array]) -> list[KeyValue]:
