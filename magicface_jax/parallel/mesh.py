@@ -13,13 +13,45 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from magicface_jax.errors import MagicFaceError
+
 DATA = "data"
+FSDP = "fsdp"
+TENSOR = "tensor"
+TRAINING_AXES = (DATA, FSDP, TENSOR)
 
 
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh over every device (of every process) for data parallelism."""
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (DATA,))
+
+
+def training_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over every device; one size may be -1 (whatever the others leave)."""
+    from jax.experimental import mesh_utils
+
+    devices = jax.devices() if devices is None else devices
+    sizes = [data, fsdp, tensor]
+    known = int(np.prod([size for size in sizes if size != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise MagicFaceError(
+                f"mesh sizes {dict(zip(TRAINING_AXES, sizes, strict=True))} do not divide the "
+                f"{len(devices)} devices"
+            )
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise MagicFaceError(
+            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {int(np.prod(sizes))} "
+            f"devices; there are {len(devices)}: choose sizes whose product is {len(devices)} (or one -1)"
+        )
+    return Mesh(mesh_utils.create_device_mesh(sizes, devices), TRAINING_AXES)
+
+
+def training_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Examples split over the data and fsdp axes (FSDP is data parallelism with sharded weights)."""
+    return NamedSharding(mesh, P((DATA, FSDP)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

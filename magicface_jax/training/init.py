@@ -1,0 +1,165 @@
+"""Where a run's networks start: an SD-initialised MagicFace checkpoint restored straight into its shards,
+or a random initialisation that starts as the SD-initialised one does.
+
+Both UNets start from one UNet: the identity encoder is that UNet, the denoiser is the same UNet with 4
+more `conv_in` input channels (the background latents) and the AU linear, all zero, so that at step 0 the
+denoiser computes what the UNet computes, plus attention to the identity tokens. With a random AU linear,
+AU inputs of ±5 shift the time embedding so far that the true AU made the loss worse than AU = 0 for
+thousands of steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from magicface_jax import checkpoint
+from magicface_jax.config import (
+    AU_EMBED_NAME,
+    CROSS_ATTN_DOWN,
+    CROSS_ATTN_UP,
+    PLAIN_DOWN,
+    PLAIN_UP,
+    MagicFaceConfig,
+    UNetConfig,
+    VAEConfig,
+    sd15_magicface_config,
+    tiny_magicface_config,
+)
+from magicface_jax.diffusion import SD15_SCHEDULER_CONFIG
+from magicface_jax.errors import MagicFaceError
+from magicface_jax.models.magicface import COMPONENTS, Params, abstract_params, init_unet, init_vae, unbox
+from magicface_jax.parallel.rules import Rules, param_shardings
+from magicface_jax.training.config import RunConfig
+
+
+def nano_magicface_config() -> MagicFaceConfig:
+    """The smallest layout with every part of MagicFace (two levels, one cross-attention level, a VAE
+    that quarters the size): training tests compile it in seconds."""
+    unet = UNetConfig(
+        block_out_channels=(16, 32),
+        down_block_types=(CROSS_ATTN_DOWN, PLAIN_DOWN),
+        up_block_types=(PLAIN_UP, CROSS_ATTN_UP),
+        layers_per_block=1,
+        attention_heads=(2, 2),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    vae = VAEConfig(block_out_channels=(16, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=64)
+    return MagicFaceConfig(identity_encoder=unet, denoiser=unet.replace(in_channels=8, au_dim=12), vae=vae)
+
+
+PRESETS = {"nano": nano_magicface_config, "tiny": tiny_magicface_config, "sd15": sd15_magicface_config}
+UNETS = ("identity_encoder", "denoiser")
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """What a run starts from, before any training: the networks (placed on the mesh), the model's
+    configuration, the noise schedule and the prompt embedding."""
+
+    config: MagicFaceConfig
+    networks: dict[str, Params]  # identity_encoder, denoiser, vae: jax.Arrays in their shardings
+    scheduler: dict[str, Any]
+    prompt_embeds: np.ndarray  # (1, tokens, cross_attention_dim)
+    source: dict[str, Any]
+
+
+def network_shardings(config: MagicFaceConfig, mesh: Mesh, rules: Rules) -> dict[str, Any]:
+    return {name: param_shardings(abstract_params(config, name), mesh, rules) for name in COMPONENTS}
+
+
+def load_start(run: RunConfig, mesh: Mesh) -> Start:
+    """The networks of `run.init_checkpoint`, or a random start of `run.model.preset` (with the frozen
+    VAE and prompt embedding of `run.model.vae_checkpoint` when given)."""
+    if run.init_checkpoint:
+        directory = _existing_checkpoint(run.init_checkpoint, "init_checkpoint")
+        info = checkpoint.read_info(directory)
+        shardings = network_shardings(info.config, mesh, run.mesh.rules)
+        networks = {name: restore_network(directory, name, shardings[name]) for name in COMPONENTS}
+        return Start(
+            info.config,
+            networks,
+            info.scheduler,
+            checkpoint.read_prompt_embeds(directory),
+            {"init_checkpoint": str(directory)},
+        )
+    config = PRESETS[run.model.preset]()
+    source: dict[str, Any] = {"preset": run.model.preset, "init_seed": run.model.init_seed}
+    scheduler = dict(SD15_SCHEDULER_CONFIG)
+    vae, prompt_embeds = None, None
+    if run.model.vae_checkpoint:
+        directory = _existing_checkpoint(run.model.vae_checkpoint, "model.vae_checkpoint")
+        info = checkpoint.read_info(directory)
+        config = dataclasses.replace(config, vae=info.config.vae)
+        vae = restore_network(directory, "vae", network_shardings(config, mesh, run.mesh.rules)["vae"])
+        prompt_embeds, scheduler = checkpoint.read_prompt_embeds(directory), info.scheduler
+        source["vae_checkpoint"] = str(directory)
+    shardings = network_shardings(config, mesh, run.mesh.rules)
+    key = jax.random.key(run.model.init_seed)
+    unets = jax.jit(lambda: random_unets(config, key), out_shardings={n: shardings[n] for n in UNETS})()
+    if vae is None:
+        vae = jax.jit(
+            lambda: unbox(init_vae(config.vae, jax.random.fold_in(key, 1))), out_shardings=shardings["vae"]
+        )()
+    if prompt_embeds is None:
+        width = config.denoiser.cross_attention_dim
+        prompt_embeds = np.random.default_rng(run.model.init_seed).standard_normal((1, 77, width))
+    return Start(config, {**unets, "vae": vae}, scheduler, np.asarray(prompt_embeds, np.float32), source)
+
+
+def random_unets(config: MagicFaceConfig, key: jax.Array) -> dict[str, Params]:
+    """One random UNet as the identity encoder and, zero-extended, as the denoiser."""
+    encoder = unbox(init_unet(config.identity_encoder, key))
+    return {"identity_encoder": encoder, "denoiser": denoiser_from_unet(encoder, config)}
+
+
+def denoiser_from_unet(unet: Params, config: MagicFaceConfig) -> Params:
+    """The UNet's parameters with zero background channels in `conv_in` and a zero AU linear."""
+    expected = unbox(abstract_params(config, "denoiser"))
+    extra = config.denoiser.in_channels - config.identity_encoder.in_channels
+    denoiser = dict(unet)
+    kernel = unet["conv_in"]["kernel"]
+    zeros = jnp.zeros((*kernel.shape[:2], extra, kernel.shape[3]), kernel.dtype)
+    denoiser["conv_in"] = {**unet["conv_in"], "kernel": jnp.concatenate([kernel, zeros], axis=2)}
+    if config.denoiser.au_dim:
+        au = expected[AU_EMBED_NAME]
+        denoiser[AU_EMBED_NAME] = {k: jnp.zeros(v.shape, v.dtype) for k, v in au.items()}
+    if jax.tree.structure(denoiser) != jax.tree.structure(expected):
+        raise MagicFaceError(
+            "the identity encoder and denoiser configs differ beyond conv_in and the AU linear"
+        )
+    return denoiser
+
+
+def restore_network(directory: Path, name: str, shardings) -> Params:
+    """One network of a checkpoint read straight into its shards: each device reads only its own slices,
+    so no process ever holds the whole network."""
+    import orbax.checkpoint as ocp
+
+    path = Path(directory) / name
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s, dtype=jnp.float32), shardings)
+    try:
+        return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    except Exception as err:  # orbax raises assorted errors for damaged or mismatched directories
+        raise MagicFaceError(
+            f"cannot read {path} into the run's shardings ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+
+
+def _existing_checkpoint(path: str, key: str) -> Path:
+    directory = Path(path).expanduser()
+    if directory.is_file():
+        raise MagicFaceError(f"{key}={path} is a file; expected a MagicFace checkpoint folder")
+    if not directory.is_dir():
+        raise MagicFaceError(
+            f"{key}={path} does not exist; make one with convert_weights.py --sd SD_FOLDER --out DIR"
+        )
+    return directory
