@@ -155,9 +155,9 @@ def train(run: RunConfig, *, export_only: bool = False, log: Log = print) -> Run
                 if not math.isfinite(values["loss"]):
                     manager.wait_until_finished()
                     raise MagicFaceError(
-                        f"the loss is {values['loss']} at step {step}; stopped without saving it (the last "
-                        f"checkpoint is step {manager.latest_step()}): lower optimizer.learning_rate or check "
-                        "the data"
+                        f"the loss is {values['loss']} at step {step}; stopped without saving it (the "
+                        f"last checkpoint is step {manager.latest_step()}): lower optimizer.learning_rate or "
+                        "check the data"
                     )
                 seconds = (time.perf_counter() - window_start) / window_steps
                 values |= {

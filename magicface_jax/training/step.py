@@ -111,6 +111,14 @@ def _micro_batches(tree: Any, count: int) -> Any:
     return jax.tree.map(split, tree)
 
 
+def _latent_shape(objective: Objective, batch: Batch) -> tuple[int, ...]:
+    if "target_mean" in batch:
+        return batch["target_mean"].shape[1:]
+    vae = objective.model.config.vae
+    _, height, width, _ = batch["target"].shape
+    return (height // vae.downsample_factor, width // vae.downsample_factor, vae.latent_channels)
+
+
 def loss_and_grads(
     objective: Objective,
     trained: dict[str, Params],
@@ -122,17 +130,7 @@ def loss_and_grads(
     """The mean loss over the batch and its gradient with respect to the trained networks, accumulated
     over `grad_accum_steps` micro-batches."""
     batch_size = batch["au_variation"].shape[0]
-    scale = objective.model.config.vae.downsample_factor
-    image = batch["identity"] if "identity" in batch else None
-    if image is not None:
-        latent_shape = (
-            image.shape[1] // scale,
-            image.shape[2] // scale,
-            objective.model.config.vae.latent_channels,
-        )
-    else:
-        latent_shape = batch["target_mean"].shape[1:]
-    draws = draw(objective, key, batch_size, latent_shape)
+    draws = draw(objective, key, batch_size, _latent_shape(objective, batch))
     frozen = jax.lax.stop_gradient(frozen)
 
     def micro_loss(trained, micro, micro_draws):
