@@ -138,15 +138,10 @@ def process_batch_size(global_batch_size: int, process_count: int) -> int:
 
 
 def make_dataset(
-    source,
-    config: InputConfig,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    decode_fn=decode,
+    source, config: InputConfig, process_index: int | None = None, process_count: int | None = None
 ) -> grain.IterDataset:
-    """This process's batches of `source`, each record mapped by `decode_fn`. Process index and count
-    default to JAX's. Shards are the records i with i % count == index: disjoint, complete, and the same
-    for any seed."""
+    """This process's batches of `source`. Process index and count default to JAX's. Shards are the
+    records i with i % count == index: disjoint, complete, and the same for any seed."""
     if process_index is None or process_count is None:
         import jax
 
@@ -160,9 +155,7 @@ def make_dataset(
     if config.shuffle:
         dataset = dataset.shuffle(seed=config.seed)
     dataset = (
-        dataset.repeat(config.num_epochs)
-        .map(decode_fn)
-        .batch(batch_size, drop_remainder=config.drop_remainder)
+        dataset.repeat(config.num_epochs).map(decode).batch(batch_size, drop_remainder=config.drop_remainder)
     )
     read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_batches)
     iterable = dataset.to_iter_dataset(read)

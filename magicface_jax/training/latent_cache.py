@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from magicface_jax.atomic import atomic_directory
-from magicface_jax.data.pipeline import InputConfig, make_dataset
 from magicface_jax.errors import MagicFaceError
 
 MANIFEST = "latent_cache.json"
@@ -78,11 +77,8 @@ class LatentCache:
                 "train.py --cache-latents"
             )
 
-    def dataset(self, config: InputConfig):
-        return make_dataset(self, config, decode_fn=_as_record)
 
-
-def _as_record(record: dict) -> dict[str, np.ndarray]:
+def as_record(record: dict) -> dict[str, np.ndarray]:
     out = {name: np.asarray(record[name], np.float32) for name in FIELDS}
     out["index"] = np.int32(record["index"])
     return out

@@ -32,12 +32,13 @@ from magicface_jax.atomic import atomic_file
 from magicface_jax.data.pipeline import IndexedSource, decode
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.images import save_image
-from magicface_jax.parallel.mesh import training_mesh
+from magicface_jax.parallel.mesh import to_host, training_mesh
 from magicface_jax.training import checkpoints
 from magicface_jax.training.config import RunConfig
 from magicface_jax.training.data import batches, open_training_source, training_iterator
 from magicface_jax.training.export import write_export
 from magicface_jax.training.init import load_start
+from magicface_jax.training.latent_cache import LatentCache, vae_fingerprint
 from magicface_jax.training.observe import EventLog, peak_tflops, step_flops
 from magicface_jax.training.trainer import Trainer, make_trainer
 from magicface_jax.training.validation import validation_grid, validation_set
@@ -108,9 +109,12 @@ def train(run: RunConfig, *, export_only: bool = False, log: Log = print) -> Run
     mesh = training_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
     check_run(run, mesh)
     source = open_training_source(run, run.data.split)
-    trainer = make_trainer(run, mesh, load_start(run, mesh))
+    start = load_start(run, mesh)
+    if isinstance(source, LatentCache):
+        source.check_vae(vae_fingerprint(jax.tree.map(to_host, start.networks["vae"])))
+    trainer = make_trainer(run, mesh, start)
     manager = checkpoints.checkpoint_manager(out / "checkpoints", run.checkpoint)
-    iterator = training_iterator(run, source)
+    iterator = training_iterator(run, source, mesh)
     latest = manager.latest_step()
     where = f"a {dict(mesh.shape)} mesh of {mesh.devices.size} devices"
     if latest is None:

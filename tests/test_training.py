@@ -1,0 +1,179 @@
+"""Training in one process: one step gives the same loss and weights on any mesh and with gradient
+accumulation; FSDP splits parameters and optimizer state; remat changes memory, not gradients; bad
+configs are refused in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from magicface_jax.errors import MagicFaceError
+from magicface_jax.parallel.mesh import training_batch_sharding, training_mesh
+from magicface_jax.training.config import load_config
+from magicface_jax.training.init import load_start
+from magicface_jax.training.step import loss_and_grads
+from magicface_jax.training.trainer import make_trainer
+from tests.training_fixtures import nano_batch, nano_run
+
+pytestmark = pytest.mark.xdist_group("training")
+
+MESHES = {
+    "one device": ((1, 1, 1), 1, 1),  # (data, fsdp, tensor), devices, accumulation steps
+    "data=2 fsdp=4": ((2, 4, 1), 8, 1),
+    "data=2 fsdp=2 tensor=2, 2 micro-batches": ((2, 2, 2), 8, 2),
+}
+
+
+def one_step(mesh_sizes, devices, accumulation):
+    run = nano_run(
+        "unused",
+        train__grad_accum_steps=accumulation,
+        mesh__data=mesh_sizes[0],
+        mesh__fsdp=mesh_sizes[1],
+        mesh__tensor=mesh_sizes[2],
+    )
+    mesh = training_mesh(*mesh_sizes, devices=jax.devices()[:devices])
+    trainer = make_trainer(run, mesh, load_start(run, mesh))
+    state = trainer.initial_state()
+    batch = jax.device_put(nano_batch(8), training_batch_sharding(mesh))
+    state, metrics = trainer.jitted_step()(state, trainer.frozen, batch, trainer.prompt_embeds)
+    return trainer, state, jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module")
+def steps():
+    return {name: one_step(*setting) for name, setting in MESHES.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MESHES)[1:])
+def test_a_step_is_the_same_on_every_mesh_and_with_accumulation(steps, name):
+    _, reference, reference_metrics = steps["one device"]
+    _, state, metrics = steps[name]
+    assert abs(metrics["loss"] - reference_metrics["loss"]) <= 1e-5 * abs(reference_metrics["loss"])
+    np.testing.assert_allclose(metrics["grad_norm"], reference_metrics["grad_norm"], rtol=1e-5)
+    expected, got = jax.device_get(reference.params), jax.device_get(state.params)
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(expected)[0], jax.tree.leaves(got), strict=True
+    ):
+        np.testing.assert_allclose(b, a, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.slow
+def test_fsdp_splits_parameters_and_optimizer_state(steps):
+    trainer, state, _ = steps["data=2 fsdp=4"]
+    params = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim]
+    split = 0
+    for (path, leaf), sharding in zip(params, jax.tree.leaves(trainer.shardings.params), strict=True):
+        if "fsdp" not in jax.tree.leaves(tuple(sharding.spec)):
+            continue
+        split += 1
+        for shard in leaf.addressable_shards:
+            assert shard.data.size * 4 == leaf.size, jax.tree_util.keystr(path)
+    assert split >= len(params) // 3
+    fsdp_bytes = sum(
+        s.data.nbytes for m in moments for s in m.addressable_shards if s.device == jax.devices()[0]
+    )
+    whole = sum(m.nbytes for m in moments)
+    # The moments of the split weights take a quarter; norms and biases are replicated.
+    assert fsdp_bytes <= 0.35 * whole
+
+
+@pytest.mark.slow
+def test_remat_gives_the_same_gradients_with_less_memory():
+    mesh = training_mesh(1, 1, 1, devices=jax.devices()[:1])
+    batch = nano_batch(4)
+    results = {}
+    for policy in ("none", "block", "full"):
+        run = nano_run("unused", model__remat=policy, train__batch_size=4)
+        trainer = make_trainer(run, mesh, load_start(run, mesh))
+        trained = {name: trainer.start.networks[name] for name in trainer.names}
+
+        def grads(trained, batch, trainer=trainer):
+            key = jax.random.key(0)
+            return loss_and_grads(
+                trainer.objective, trained, trainer.frozen, batch, key, trainer.prompt_embeds
+            )
+
+        compiled = jax.jit(grads).lower(trained, batch).compile()
+        results[policy] = (compiled(trained, batch), compiled.memory_analysis().temp_size_in_bytes)
+    (loss, reference), none_bytes = results["none"]
+    for policy in ("block", "full"):
+        (other_loss, other), temp_bytes = results[policy]
+        assert abs(other_loss - loss) <= 1e-6 * abs(loss)
+        for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(other), strict=True):
+            np.testing.assert_allclose(b, a, atol=1e-6)
+        assert temp_bytes < none_bytes, (policy, temp_bytes, none_bytes)
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    from magicface_jax.training.state import learning_rate_schedule
+
+    run = nano_run("unused", optimizer__schedule="cosine", optimizer__warmup_steps=10, train__steps=110)
+    schedule = learning_rate_schedule(run.optimizer, run.train.steps)
+    rate = run.optimizer.learning_rate
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(10)) == pytest.approx(rate)
+    assert float(schedule(60)) == pytest.approx(rate / 2, rel=1e-3)
+    assert float(schedule(110)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_random_start_is_like_an_sd_start():
+    run = nano_run("unused")
+    mesh = training_mesh(1, 1, 1, devices=jax.devices()[:1])
+    networks = jax.device_get(load_start(run, mesh).networks)
+    encoder, denoiser = networks["identity_encoder"], networks["denoiser"]
+    kernel = denoiser["conv_in"]["kernel"]
+    np.testing.assert_array_equal(kernel[:, :, :4], encoder["conv_in"]["kernel"])
+    assert not kernel[:, :, 4:].any() and not denoiser["au_aug_mlp"]["kernel"].any()
+    np.testing.assert_array_equal(
+        denoiser["down_blocks_0"]["resnets_0"]["conv1"]["kernel"],
+        encoder["down_blocks_0"]["resnets_0"]["conv1"]["kernel"],
+    )
+
+
+def test_config_overrides_are_typed(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("output_dir: out\ndataset: data\ntrain:\n  steps: 5\n")
+    run = load_config(path, ["train.batch_size=16", "optimizer.learning_rate=3e-4", "model.remat=block"])
+    assert (run.train.steps, run.train.batch_size, run.model.remat) == (5, 16, "block")
+    assert run.optimizer.learning_rate == 3e-4
+    edits = load_config(path, ['evaluation.edits=[AU12=+4, "AU4=+4,AU1=+2"]']).evaluation.edits
+    assert edits == ("AU12=+4", "AU4=+4,AU1=+2")
+    assert dataclasses.asdict(run)["mesh"]["fsdp"] == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.stepz=3"], "unknown config key train.stepz; train accepts steps"),
+        (["train.steps=many"], "train.steps='many': expected an integer"),
+        (["train.steps=0"], "train.steps=0: expected at least 1"),
+        (["model.remat=some"], "model.remat='some': expected one of none, block, full"),
+        (["mesh.data=-1", "mesh.fsdp=-1"], "at most one may be -1"),
+        (["train.batch_size=6", "train.grad_accum_steps=4"], "does not split into"),
+        (["train.steps.x=1"], "train.steps is a value"),
+        (["output_dir="], "output_dir is not set"),
+        (["nonsense"], "is not of the form dotted.key=value"),
+    ],
+)
+def test_bad_configs_are_refused_naming_the_key(tmp_path, overrides, message):
+    path = tmp_path / "run.yaml"
+    path.write_text("output_dir: out\ndataset: data\n")
+    with pytest.raises(MagicFaceError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(path, overrides)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(MagicFaceError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(MagicFaceError, match="must hold a mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(MagicFaceError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
