@@ -16,7 +16,7 @@ from magicface_jax.training.config import load_config
 from magicface_jax.training.init import load_start
 from magicface_jax.training.step import loss_and_grads
 from magicface_jax.training.trainer import make_trainer
-from tests.training_fixtures import nano_batch, nano_run
+from tests.training_fixtures import TINY_CONFIG, nano_batch, nano_run
 
 pytestmark = pytest.mark.xdist_group("training")
 
@@ -177,3 +177,97 @@ def test_bad_config_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
     with pytest.raises(MagicFaceError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    from magicface_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig, SyntheticFacesSpec
+
+    spec = SyntheticFacesSpec(resolution=64, train_pairs=16, test_pairs=2, seed=5)
+    builder = SyntheticFaces(
+        config=SyntheticFacesConfig(spec), data_dir=str(tmp_path_factory.mktemp("pairs"))
+    )
+    builder.download_and_prepare()
+    return builder.data_dir
+
+
+def test_an_sd_checkpoint_is_restored_straight_into_its_shards(converted):
+    from magicface_jax import checkpoint
+
+    run = nano_run("unused", init_checkpoint=str(converted), mesh__fsdp=4, mesh__data=2)
+    mesh = training_mesh(2, 4, 1)
+    start = load_start(run, mesh)
+    kernel = start.networks["denoiser"]["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["ff"][
+        "net_2"
+    ]
+    kernel = kernel["kernel"]
+    assert {shard.data.size for shard in kernel.addressable_shards} == {kernel.size // 4}
+    stored = checkpoint.read_params(converted, "denoiser")
+    expected = stored["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["ff"]["net_2"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(kernel), expected)
+
+
+def train_cli(capsys, *args) -> tuple[int, str]:
+    import train
+    from magicface_jax import cli
+
+    status = cli.run(train.main, [*args])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["mesh.data=3"], "mesh data=3 x fsdp=1 x tensor=1 needs 3 devices; there are 8"),
+        (["train.batch_size=4", "mesh.fsdp=8"], "train.batch_size=4 does not divide over the mesh"),
+        (["dataset=/nowhere/pairs"], "dataset '/nowhere/pairs' is not a dataset folder"),
+        (["init_checkpoint=/nowhere/init"], "init_checkpoint=/nowhere/init does not exist"),
+        (["model.vae_checkpoint=/nowhere/vae"], "model.vae_checkpoint=/nowhere/vae does not exist"),
+        (["train.stepz=1"], "unknown config key train.stepz"),
+        (["train.steps=1.5"], "train.steps='1.5': expected an integer"),
+    ],
+)
+def test_train_cli_refuses_bad_runs_in_one_line(tmp_path, capsys, pairs, overrides, message):
+    status, err = train_cli(
+        capsys, "--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'out'}", f"dataset={pairs}", *overrides
+    )
+    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_cli_refuses_an_output_that_is_a_file_or_the_dataset(tmp_path, capsys, pairs):
+    (tmp_path / "file").write_text("")
+    status, err = train_cli(
+        capsys, "--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'file'}", f"dataset={pairs}"
+    )
+    assert status == 2 and "is a file" in err
+    status, err = train_cli(capsys, "--config", str(TINY_CONFIG), f"output_dir={pairs}", f"dataset={pairs}")
+    assert status == 2 and "overlaps dataset" in err
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_the_run_without_saving_it(tmp_path, pairs):
+    from magicface_jax.training.loop import train
+
+    out = tmp_path / "out"
+    run = nano_run(
+        str(pairs),
+        output_dir=str(out),
+        train__steps=6,
+        train__batch_size=8,
+        optimizer__learning_rate=1e30,
+        optimizer__grad_clip_norm=0,
+        optimizer__warmup_steps=0,
+        checkpoint__every_steps=1,
+        checkpoint__async_save=False,
+        mesh__data=1,
+    )
+    mesh_devices = jax.devices()
+    with pytest.raises(
+        MagicFaceError, match=r"the loss is nan at step (\d+); stopped without saving it"
+    ) as err:
+        train(run, log=lambda _: None)
+    failed = int(str(err.value).split("at step ")[1].split(";")[0])
+    saved = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and max(saved) == failed - 1 and len(mesh_devices) == 8
