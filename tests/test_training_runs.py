@@ -25,6 +25,7 @@ RUN_TIMEOUT_S = 600
 # The run the others are compared with: 8 steps on (data=2, fsdp=4), a checkpoint every 2 steps.
 STEPS = 8
 COMMON = [
+    "data.data_dir=",  # `dataset` is a folder
     f"train.steps={STEPS}",
     "checkpoint.every_steps=2",
     "checkpoint.keep=8",
@@ -171,14 +172,17 @@ def test_two_processes_train_as_one(tmp_path, dataset, reference):
 
 
 def test_the_loss_halves_and_the_export_edits_a_face(tmp_path, dataset):
+    from PIL import Image
+
     out = tmp_path / "run"
-    run(
-        command(out, dataset, "train.steps=60", "checkpoint.every_steps=60", "logging.every_steps=1"),
-        devices=1,
-    )
+    grids = ["evaluation.every_steps=60", "evaluation.num_pairs=2", "evaluation.steps=3"]
+    run(command(out, dataset, "train.steps=60", "checkpoint.every_steps=60", *grids), devices=1)
     curve = losses(out)
     first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (58, 59, 60)])
     assert last < first / 2, (first, last)
+    # Two validation pairs: the source, the reconstruction (AU = 0) and one column per configured edit.
+    edits = 3
+    assert Image.open(out / "samples" / "step_000060.png").size == ((2 + edits) * 64, 2 * 64)
     picture = tmp_path / "edit.png"
     examples = REPO / "magicface_jax" / "assets" / "authors_examples"
     edit = [
@@ -200,6 +204,4 @@ def test_the_loss_halves_and_the_export_edits_a_face(tmp_path, dataset):
         str(picture),
     ]
     run(edit, devices=1)
-    from PIL import Image
-
     assert Image.open(picture).size == (64, 64)

@@ -15,7 +15,7 @@ IMAGE_SIZE = 64
 
 def nano_run(dataset: str, **overrides) -> RunConfig:
     """configs/tiny.yaml with `section__key=value` overrides (no progress bar, no TensorBoard)."""
-    pairs = {"dataset": dataset, "logging.progress": False, "logging.tensorboard": False}
+    pairs = {"dataset": dataset, "data.data_dir": "", "logging.progress": False, "logging.tensorboard": False}
     pairs |= {key.replace("__", "."): value for key, value in overrides.items()}
     return load_config(TINY_CONFIG, [f"{key}={value}" for key, value in pairs.items()])
 
