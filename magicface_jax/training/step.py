@@ -174,7 +174,7 @@ def train_step(
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "learning_rate": schedule_fn(state.step),
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
