@@ -73,8 +73,14 @@ def _writing_checkpointer():
         (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
         (jax.Array, type_handlers.get_type_handler(jax.Array)),
     )
-    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False)
-    return ocp.Checkpointer(handler)
+    # The arrays are host copies held by the one process that writes (in a multi-process run, process 0 of
+    # a training export): orbax must not wait for the other processes at its barriers.
+    this_process = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=this_process, active_processes={this_process})
+    handler = ocp.PyTreeCheckpointHandler(
+        type_handler_registry=registry, use_compression=False, multiprocessing_options=alone
+    )
+    return ocp.Checkpointer(handler, multiprocessing_options=alone)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ def write_export(
     directory: Path, start: Start, state: TrainState, frozen: dict[str, Params], weights: str, step: int
 ) -> None:
     """Gathers each network to the host (one at a time) and, on process 0, writes the checkpoint. Every
-    process takes part in the gathers."""
+    process takes part in the gathers; only process 0 writes (orbax told so, see `checkpoint`)."""
     networks = exported_networks(state, frozen, weights)
     writing = jax.process_index() == 0
     config = dataclasses.replace(start.config, dtype="float32")  # the compute dtype is a run setting

@@ -232,5 +232,6 @@ def _export(out: Path, trainer: Trainer, state, step: int, log: Log) -> RunResul
     directory = out / "export"
     weights = trainer.run.checkpoint.export_weights
     write_export(directory, trainer.start, state, trainer.frozen, weights, step)
-    log(f"exported step {step} ({weights} weights) to {directory}")
+    if jax.process_index() == 0:
+        log(f"exported step {step} ({weights} weights) to {directory}")
     return RunResult(step, {}, directory)
