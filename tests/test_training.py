@@ -229,7 +229,13 @@ def train_cli(capsys, *args) -> tuple[int, str]:
 )
 def test_train_cli_refuses_bad_runs_in_one_line(tmp_path, capsys, pairs, overrides, message):
     status, err = train_cli(
-        capsys, "--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'out'}", f"dataset={pairs}", *overrides
+        capsys,
+        "--config",
+        str(TINY_CONFIG),
+        f"output_dir={tmp_path / 'out'}",
+        f"dataset={pairs}",
+        "data.data_dir=",
+        *overrides,
     )
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err, err
@@ -261,13 +267,11 @@ def test_a_non_finite_loss_stops_the_run_without_saving_it(tmp_path, pairs):
         optimizer__warmup_steps=0,
         checkpoint__every_steps=1,
         checkpoint__async_save=False,
-        mesh__data=1,
     )
-    mesh_devices = jax.devices()
     with pytest.raises(
-        MagicFaceError, match=r"the loss is nan at step (\d+); stopped without saving it"
+        MagicFaceError, match=r"the loss is (nan|inf|-inf) at step \d+; stopped without saving"
     ) as err:
         train(run, log=lambda _: None)
     failed = int(str(err.value).split("at step ")[1].split(";")[0])
     saved = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved and max(saved) == failed - 1 and len(mesh_devices) == 8
+    assert saved and max(saved) == failed - 1
