@@ -72,8 +72,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     out = atomic.user_path(args.out)
     names, inputs = (FACE_FILE, BACKGROUND_FILE), (args.image,)
+    photo = load_image(args.image)
     _check_outputs(out, names, inputs, args.overwrite)
-    result = preprocess_image(load_image(args.image), size=args.size, mask=args.mask)
+    result = preprocess_image(photo, size=args.size, mask=args.mask)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     _write_pngs(out, dict(zip(names, (result.face, result.background), strict=True)), args.overwrite, inputs)

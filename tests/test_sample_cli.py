@@ -117,7 +117,17 @@ def test_sweep_grid(capsys, converted, face, tmp_path):
     np.testing.assert_array_equal(grid[SIZE // 2 : SIZE, :SIZE], source[SIZE // 2 :])  # below the label
     columns = [grid[SIZE // 2 : SIZE, c * SIZE : (c + 1) * SIZE] for c in (1, 2)]
     assert not np.array_equal(*columns)  # the intensities differ
-    assert "compiled 1 program(s)" in stdout and "ran 4 edit(s)" in stdout  # one batch of 2 per row
+    assert "compiled 1 program(s)" in stdout and "ran 4 edit(s)" in stdout  # one edit per batch
+
+
+def test_sweep_rows_run_in_batches_of_batch_size(capsys, converted, face, tmp_path):
+    """A row of 3 runs as batches of 2 (the last padded), one program, and gives what batches of 1 give."""
+    single, batched = tmp_path / "single.png", tmp_path / "batched.png"
+    assert edit(capsys, converted, face, single, "--sweep", "AU12=-6:6:3")[0] == 0
+    code, stdout, err = edit(capsys, converted, face, batched, "--sweep", "AU12=-6:6:3", "--batch-size", "2")
+    assert code == 0, err
+    assert "compiled 1 program(s)" in stdout and "ran 3 edit(s)" in stdout
+    assert np.abs(read(single).astype(int) - read(batched).astype(int)).max() <= 2
 
 
 def test_edits_file(capsys, converted, face, tmp_path):
