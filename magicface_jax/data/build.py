@@ -111,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.workers < 1:
         raise MagicFaceError(f"--workers must be at least 1, got {args.workers}")
-    args.data_dir = str(atomic.user_path(args.data_dir))
+    for name in ("data_dir", "images", "labels"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, str(atomic.user_path(getattr(args, name))))
     builder = _builder(args)
     output = _check_output(builder, args)
     start = time.perf_counter()
