@@ -17,19 +17,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from magicface_jax.atomic import atomic_directory
+from magicface_jax import atomic
 from magicface_jax.config import MagicFaceConfig
 from magicface_jax.errors import MagicFaceError
+from magicface_jax.models.magicface import COMPONENTS
 
 MANIFEST = "magicface.json"
 FORMAT = "magicface-jax/1"
-COMPONENTS = ("identity_encoder", "denoiser", "vae")
 PROMPT_EMBEDS = "prompt_embeds"
 
 
@@ -77,10 +77,18 @@ def _writing_checkpointer():
     return ocp.Checkpointer(handler)
 
 
+def check_output(directory: str | Path, overwrite: bool = False, inputs: Sequence = ()) -> Path:
+    """Where a checkpoint will be written, checked before any work (see `atomic.check_output`); an earlier
+    checkpoint (it has its manifest) is replaceable with `overwrite`."""
+    return atomic.check_output(directory, inputs, overwrite=overwrite, folder=True, manifest=MANIFEST)
+
+
 @contextlib.contextmanager
-def writing_checkpoint(directory: str | Path, overwrite: bool = False) -> Iterator[CheckpointWriter]:
-    """Yields a writer into a temporary directory that becomes `directory` only if the block succeeds."""
-    with atomic_directory(directory, overwrite) as partial:
+def writing_checkpoint(
+    directory: str | Path, overwrite: bool = False, inputs: Sequence = ()
+) -> Iterator[CheckpointWriter]:
+    """Yields a writer into a partial directory that becomes `directory` only if the block succeeds."""
+    with atomic.atomic_directory(directory, overwrite, manifest=MANIFEST, inputs=inputs) as partial:
         writer = CheckpointWriter(partial)
         yield writer
         if not writer.finished:
@@ -107,8 +115,13 @@ class CheckpointWriter:
 
 
 def read_info(directory: str | Path) -> CheckpointInfo:
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     manifest = directory / MANIFEST
+    if directory.is_file():
+        raise MagicFaceError(
+            f"checkpoint {directory} is a file: give the folder that convert_weights.py wrote "
+            f"(it holds {MANIFEST})"
+        )
     if not directory.is_dir():
         raise MagicFaceError(f"checkpoint {directory} does not exist: make one with convert_weights.py")
     try:

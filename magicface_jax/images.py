@@ -10,13 +10,14 @@ float32 NHWC in [-1, 1]; model outputs float32 in [0, 1].
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from magicface_jax.atomic import atomic_file
+from magicface_jax.atomic import atomic_file, user_path
 from magicface_jax.errors import MagicFaceError
 
 ImageLike = Image.Image | np.ndarray
@@ -68,15 +69,22 @@ def as_rgb_uint8(image: ImageLike) -> np.ndarray:
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Reads an image file as uint8 (H, W, 3); a missing, unreadable or non-image file: `MagicFaceError`."""
-    path = Path(path)
+    path = user_path(path)
     if not path.exists():
         raise MagicFaceError(f"image not found: {path}")
     if not path.is_file():
         raise MagicFaceError(f"{path} is not a file: give the path of an image (PNG, JPEG, ...)")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return as_rgb_uint8(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return as_rgb_uint8(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise MagicFaceError(
+            f"{path} has more pixels than PIL opens safely ({Image.MAX_IMAGE_PIXELS}, a guard against "
+            "decompression bombs): crop or resize it first"
+        ) from None
     except UnidentifiedImageError:
         raise MagicFaceError(
             f"{path} is not an image that PIL can read: give a PNG, JPEG, WebP, ..."
@@ -118,12 +126,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def save_image(image: ImageLike, path: str | Path) -> None:
-    """Writes an image file whole or not at all; the format follows the suffix."""
-    path = Path(path)
+def save_image(image: ImageLike, path: str | Path, overwrite: bool = False) -> None:
+    """Writes an image file whole or not at all (see `atomic`); the format follows the suffix."""
+    path = user_path(path)
     array = as_rgb_uint8(image)
     try:
-        with atomic_file(path) as partial:
+        with atomic_file(path, overwrite) as partial:
             Image.fromarray(array).save(
                 partial, format=Image.registered_extensions().get(path.suffix.lower())
             )

@@ -24,7 +24,7 @@ def perturb(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn
 
 
 def tiny_torch_magicface(seed: int = 0):
-    from magicface_jax.torch_reference import TorchMagicFace
+    from tests.torch_reference import TorchMagicFace
 
     torch.manual_seed(seed)
     return perturb(TorchMagicFace(tiny_magicface_config()), seed + 1)

@@ -82,7 +82,7 @@ def test_round_trip_is_bit_identical(converted, sd_folder, release_folder, tmp_p
 
 
 def test_exported_weights_load_into_the_reference(converted, torch_model, tmp_path):
-    from magicface_jax.torch_reference import TorchMagicFace
+    from tests.torch_reference import TorchMagicFace
 
     to_pytorch(converted, tmp_path / "pytorch", **QUIET)
     loaded = TorchMagicFace.from_pretrained(tmp_path / "pytorch")

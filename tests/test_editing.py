@@ -13,7 +13,6 @@ from magicface_jax.editing.inputs import (
     EditImages,
     EditSettings,
     check_output,
-    check_seed,
     format_edit,
     prepare_images,
     resolve_edit,
@@ -21,6 +20,7 @@ from magicface_jax.editing.inputs import (
 from magicface_jax.editing.sweep import Sweep, sweep_grid
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import preprocess as faces
+from magicface_jax.pipeline import check_seed
 
 
 def pixels(size: int = 64, seed: int = 0, channels: int = 3) -> np.ndarray:
@@ -157,7 +157,7 @@ GOOD = {"image": "a.png", "au": {"AU12": 4}, "out": "a_out.png"}
         ({**GOOD, "image": 3}, ['"image"']),
         ({**GOOD, "out": "a.doc"}, ["unknown image format"]),
         ({**GOOD, "seed": -3}, ["seed"]),
-        ({**GOOD, "out": "a.png"}, ["input image"]),
+        ({**GOOD, "out": "a.png"}, ["is the input"]),
     ],
 )
 def test_read_edits_errors_name_the_line(tmp_path, line, words):

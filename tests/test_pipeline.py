@@ -14,8 +14,8 @@ from magicface_jax.convert.convert import to_pytorch
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.parallel.mesh import data_mesh
 from magicface_jax.pipeline import MagicFacePipeline
-from magicface_jax.torch_reference import TorchMagicFace, authors_edit, authors_unipc
 from tests.fixtures import nchw, nhwc
+from tests.torch_reference import TorchMagicFace, authors_edit, authors_unipc
 
 SIZE = 64  # pixels; latents are 8x8
 
@@ -143,8 +143,18 @@ def test_seed_and_broadcast(pipe):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"num_inference_steps": 0}, "≥ 1"),
+        ({"num_inference_steps": 0}, "num_inference_steps=0: expected between 1 and"),
+        ({"num_inference_steps": "10"}, "num_inference_steps='10': expected an integer"),
         ({"guidance_scale": -1.0}, "≥ 0"),
+        ({"guidance_scale": "3"}, "guidance scale must be a number, got '3'"),
+        ({"guidance_scale": float("nan")}, "guidance scale must be ≥ 0, got nan"),
+        ({"seed": "1"}, "seed must be a whole number"),
+        ({"seed": 1.5}, "seed must be a whole number"),
+        ({"seed": -1}, "seed must be a whole number in 0.."),
+        ({"au": "AU3=+1"}, "unknown action unit 'AU3'"),
+        ({"au": "AU4=lots"}, "'lots' is not a number"),
+        ({"au": np.full(12, np.nan)}, "NaN or infinite values"),
+        ({"au": [["x"] * 12]}, "is not numbers"),
         ({"scheduler": "heun"}, "unknown sampler"),
         ({"output_type": "tensor"}, "output_type"),
         ({"au": {"AU3": 1}}, "unknown action unit"),
@@ -160,6 +170,32 @@ def test_bad_input(pipe, change, message):
     arguments = {"source": images(1, 0), "background": images(1, 0), "au": AU[:1]} | change
     with pytest.raises(MagicFaceError, match=message):
         pipe(**arguments)
+
+
+def test_au_as_a_string_is_the_cli_form(pipe):
+    source = images(1, 0)
+    request = pipe.prepare(source, source, "AU4=+2,AU1=-1")
+    expected = np.zeros((1, 12), np.float32)
+    expected[0, [2, 0]] = [2, -1]
+    np.testing.assert_array_equal(request.au, expected)
+    both = pipe.prepare(source, source, ["AU4=+2,AU1=-1", {"AU12": 3}])
+    assert both.au.shape == (2, 12) and both.au[1, 6] == 3
+
+
+def test_non_finite_au_names_the_unit(pipe):
+    au = np.zeros((2, 12), np.float32)
+    au[1, 6] = np.inf
+    with pytest.raises(MagicFaceError, match=r"\(in AU12\)"):
+        pipe.prepare(images(1, 0), images(1, 0), au)
+
+
+def test_from_pretrained_refuses_an_unknown_dtype_and_expands_tilde(converted, tmp_path, monkeypatch):
+    with pytest.raises(MagicFaceError, match=r"unknown compute dtype 'float16'.*float32, bfloat16"):
+        MagicFacePipeline.from_pretrained(converted, dtype="float16")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ckpt").symlink_to(converted)
+    pipe = MagicFacePipeline.from_pretrained("~/ckpt", mesh=data_mesh(jax.devices()[:1]))
+    assert pipe.config.vae.latent_channels == 4
 
 
 def test_out_of_range_variation_warns(pipe):

@@ -190,7 +190,7 @@ class BuildReport:
 
     def write(self, directory: Path) -> Path:
         path = Path(directory) / REPORT_NAME
-        with atomic_file(path) as partial:
+        with atomic_file(path, overwrite=True) as partial:
             partial.write_text(json.dumps(self.as_dict(), indent=1) + "\n")
         return path
 
