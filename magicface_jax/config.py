@@ -22,6 +22,7 @@ MID_CROSS_ATTN = "UNetMidBlock2DCrossAttn"
 
 AUTHORS_PROMPT = "A close up of a person."
 AU_EMBED_NAME = "au_aug_mlp"  # the authors' name for Linear(12 -> time_embed_dim)
+TIME_EMBED_PER_WIDTH = 4  # diffusers' time-embedding width when the config names none: 4 x the first width
 
 # diffusers keys whose value must be the SD default for us to compute the same function.
 _UNET_DEFAULTS_REQUIRED: dict[str, Any] = {
@@ -85,8 +86,20 @@ class UNetConfig:
     freq_shift: int = 0
     sample_size: int = 64
     au_dim: int = 0  # > 0: the denoiser's AU embedding Linear(au_dim -> time_embed_dim)
+    # diffusers' `time_embedding_dim`; None: 4 x block_out_channels[0]. The authors' AU linear is
+    # Linear(12 -> 1280) whatever the widths, so their releases with a first width other than 320 set it.
+    time_embedding_dim: int | None = None
 
     def __post_init__(self):
+        if self.time_embedding_dim == self.block_out_channels[0] * TIME_EMBED_PER_WIDTH:
+            # One spelling per network, so that configs of the same network compare equal.
+            object.__setattr__(self, "time_embedding_dim", None)
+        if self.time_embedding_dim is not None and (
+            not isinstance(self.time_embedding_dim, int) or self.time_embedding_dim < 1
+        ):
+            raise MagicFaceError(
+                f"UNet config has time_embedding_dim={self.time_embedding_dim!r}; expected a positive integer"
+            )
         n = len(self.block_out_channels)
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise MagicFaceError(
@@ -104,7 +117,9 @@ class UNetConfig:
 
     @property
     def time_embed_dim(self) -> int:
-        return self.block_out_channels[0] * 4
+        """The width of the time embedding, of the AU embedding added to it, and of every resnet's input
+        of it."""
+        return self.time_embedding_dim or self.block_out_channels[0] * TIME_EMBED_PER_WIDTH
 
     @property
     def num_transformer_blocks(self) -> int:
@@ -123,9 +138,6 @@ class UNetConfig:
         widths = tuple(config.get("block_out_channels", cls.block_out_channels))
         heads = config.get("attention_head_dim", 8)
         heads = tuple(heads) if isinstance(heads, list | tuple) else (heads,) * len(widths)
-        time_dim = config.get("time_embedding_dim")
-        if time_dim not in (None, widths[0] * 4):
-            raise MagicFaceError(f"UNet config has time_embedding_dim={time_dim}; only {widths[0] * 4} works")
         return cls(
             in_channels=config.get("in_channels", 4),
             out_channels=config.get("out_channels", 4),
@@ -142,6 +154,7 @@ class UNetConfig:
             flip_sin_to_cos=config.get("flip_sin_to_cos", True),
             freq_shift=config.get("freq_shift", 0),
             sample_size=config.get("sample_size", 64),
+            time_embedding_dim=config.get("time_embedding_dim"),
         )
 
     def to_diffusers(self) -> dict[str, Any]:
@@ -164,6 +177,7 @@ class UNetConfig:
             "upcast_attention": self.upcast_attention,
             "flip_sin_to_cos": self.flip_sin_to_cos,
             "freq_shift": self.freq_shift,
+            "time_embedding_dim": self.time_embedding_dim,
             "act_fn": "silu",
             "center_input_sample": False,
             "downsample_padding": 1,

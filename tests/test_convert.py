@@ -372,3 +372,62 @@ def test_bin_and_sharded_release_convert_like_safetensors(sd_folder, release_fol
 
     to_orbax(sd_folder, tmp_path / "ckpt", magicface=release, **QUIET)
     assert_same_params(tmp_path / "ckpt", converted, ("identity_encoder", "denoiser"))
+
+
+# ------------------------------------------------------------------- time embedding wider than 4 x width
+
+
+@pytest.fixture(scope="module")
+def wide_time_release(tmp_path_factory):
+    """A tiny release in the authors' layout whose configs set `time_embedding_dim` (48, not 4 x 32)."""
+    from tests.fixtures import tiny_torch_magicface, wide_time_config, write_release_folder, write_sd_folder
+
+    model = tiny_torch_magicface(seed=5, config=wide_time_config())
+    root = tmp_path_factory.mktemp("wide-time")
+    return model, write_sd_folder(root / "sd", model), write_release_folder(root / "release", model)
+
+
+def test_wide_time_embedding_release_converts_both_ways(wide_time_release, tmp_path):
+    from magicface_jax.torch_reference import TorchMagicFace
+    from tests.fixtures import WIDE_TIME_EMBEDDING, denoiser_predictions, wide_time_config
+
+    model, sd, release = wide_time_release
+    config = json.loads((release / "denoising_unet" / "config.json").read_text())
+    assert config["time_embedding_dim"] == WIDE_TIME_EMBEDDING != 4 * config["block_out_channels"][0]
+    to_orbax(sd, tmp_path / "ckpt", magicface=release, **QUIET)
+    info = checkpoint.read_info(tmp_path / "ckpt")
+    assert info.config == wide_time_config()
+    rows = {row.torch_key: row for row in network_table(info.config.denoiser)}
+    assert rows[f"{AU_EMBED_NAME}.weight"].torch_shape == (WIDE_TIME_EMBEDDING, 12)
+    assert rows["time_embedding.linear_1.weight"].torch_shape == (WIDE_TIME_EMBEDDING, 32)
+    assert rows["down_blocks.1.resnets.0.time_emb_proj.weight"].torch_shape == (64, WIDE_TIME_EMBEDDING)
+
+    pair = tuple(checkpoint.read_params(tmp_path / "ckpt", n) for n in ("identity_encoder", "denoiser"))
+    ours, expected = denoiser_predictions(model, info.config, pair, 500.0)
+    assert np.abs(ours - expected).max() <= 2e-4
+
+    to_pytorch(tmp_path / "ckpt", tmp_path / "back", **QUIET)
+    for folder in ("ID_enc", "denoising_unet"):
+        exported = json.loads((tmp_path / "back" / folder / "config.json").read_text())
+        assert exported["time_embedding_dim"] == WIDE_TIME_EMBEDDING
+        ours = load_file(tmp_path / "back" / folder / "diffusion_pytorch_model.safetensors")
+        theirs = load_file(release / folder / "diffusion_pytorch_model.safetensors")
+        assert ours.keys() == theirs.keys()
+        for key in theirs:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    loaded = TorchMagicFace.from_pretrained(tmp_path / "back")
+    assert loaded.config == info.config
+    for mine, theirs in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_time_embedding_dim_in_configs():
+    from magicface_jax.config import UNetConfig
+
+    tiny = tiny_magicface_config().identity_encoder
+    spelled_out = UNetConfig.from_diffusers(tiny.to_diffusers() | {"time_embedding_dim": 128})
+    assert spelled_out == tiny and spelled_out.time_embed_dim == 128
+    wide = UNetConfig.from_diffusers(tiny.to_diffusers() | {"time_embedding_dim": 1280})
+    assert wide.time_embed_dim == 1280 and wide.to_diffusers()["time_embedding_dim"] == 1280
+    with pytest.raises(MagicFaceError, match="time_embedding_dim=0"):
+        UNetConfig.from_diffusers(tiny.to_diffusers() | {"time_embedding_dim": 0})
