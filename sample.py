@@ -25,7 +25,7 @@ from pathlib import Path
 from magicface_jax import cache, cli, demo
 from magicface_jax.diffusion import SAMPLERS
 from magicface_jax.editing import commands
-from magicface_jax.editing.inputs import EditSettings, check_seed, check_size, resolve_edit
+from magicface_jax.editing.inputs import EditSettings, check_seed, resolve_edit
 from magicface_jax.editing.sweep import Sweep
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.pipeline import DEFAULT_GUIDANCE
@@ -89,7 +89,7 @@ def parse_args(argv) -> argparse.Namespace:
     sampling.add_argument(
         "--size",
         type=int,
-        help="resize the face and background (square) to SIZE x SIZE first; a multiple of 8",
+        help="resize the face and background (square) to SIZE x SIZE first; a multiple of 64 for SD1.5",
     )
     sampling.add_argument(
         "--mask",
@@ -191,7 +191,6 @@ def main(argv=None) -> None:
         sampler=args.sampler,
     )
     seed = check_seed(args.seed)
-    size = check_size(args.size)
     edit = resolve_edit(args.au, args.au_test, args.AU_variation)
     sweeps = [Sweep.parse(spec) for spec in args.sweep or ()]
     if args.edits is None and args.image is None:
@@ -203,7 +202,7 @@ def main(argv=None) -> None:
         print(f"compilation cache: {xla_cache}")
     if args.demo and args.checkpoint is None:
         args.checkpoint = _demo_checkpoint()
-    options = {"dtype": args.dtype, "size": size, "mask": args.mask}
+    options = {"dtype": args.dtype, "size": args.size, "mask": args.mask}
 
     if args.edits is not None:
         commands.edit_file(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
-
-import jax.numpy as jnp
+from typing import TYPE_CHECKING, Any
 
 from magicface_jax.errors import MagicFaceError
+
+if TYPE_CHECKING:
+    import jax.numpy as jnp
 
 CROSS_ATTN_DOWN = "CrossAttnDownBlock2D"
 PLAIN_DOWN = "DownBlock2D"
@@ -120,6 +121,11 @@ class UNetConfig:
         """The width of the time embedding, of the AU embedding added to it, and of every resnet's input
         of it."""
         return self.time_embedding_dim or self.block_out_channels[0] * TIME_EMBED_PER_WIDTH
+
+    @property
+    def downsample_factor(self) -> int:
+        """How much the UNet shrinks its input: one halving per block but the last."""
+        return 2 ** (len(self.block_out_channels) - 1)
 
     @property
     def num_transformer_blocks(self) -> int:
@@ -259,7 +265,15 @@ class MagicFaceConfig:
 
     @property
     def compute_dtype(self) -> jnp.dtype:
+        import jax.numpy as jnp  # here, so that preprocessing can read configs without JAX
+
         return jnp.dtype(self.dtype)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor times the UNet's downsampling, so that
+        every UNet level halves evenly and its skips match (64 for SD1.5)."""
+        return self.vae.downsample_factor * self.denoiser.downsample_factor
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -289,6 +303,11 @@ def _dataclass_from_dict(cls, data: Mapping[str, Any]):
 def sd15_magicface_config(**changes) -> MagicFaceConfig:
     """The published MagicFace model: two SD1.5 UNets (denoiser with 8 input channels) and SD1.5's VAE."""
     return dataclasses.replace(MagicFaceConfig(), **changes)
+
+
+# The size multiple of the published model, for what is made without a checkpoint at hand (face crops,
+# training data): images made for it fit every model of its layout.
+SD15_SIZE_MULTIPLE = sd15_magicface_config().size_multiple
 
 
 def tiny_magicface_config(**changes) -> MagicFaceConfig:

@@ -35,7 +35,7 @@ from magicface_jax.convert.names import get_path, network_table
 from magicface_jax.diffusion import SAMPLERS, NoiseSchedule, Sampler, make_sampler, sample_loop
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces.aus import NUM_AUS, au_vector, out_of_range
-from magicface_jax.images import ImageLike, as_batch, check_latent_size, to_model_input, to_uint8
+from magicface_jax.images import ImageLike, as_batch, check_image_size, to_model_input, to_uint8
 from magicface_jax.models.magicface import COMPONENTS, MagicFace, Params
 from magicface_jax.parallel.mesh import (
     DATA,
@@ -283,7 +283,7 @@ class MagicFacePipeline:
                 f"{backgrounds.shape[2]}x{backgrounds.shape[1]}: they must have the same size"
             )
         factor = self.config.vae.downsample_factor
-        check_latent_size(sources, factor, "source")
+        check_image_size(sources.shape[1], sources.shape[2], self.config.size_multiple, "source")
         au_batch = _au_batch(au)
         batch = max(len(sources), len(backgrounds), len(au_batch))
         sources, backgrounds, au_batch = (

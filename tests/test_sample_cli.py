@@ -235,9 +235,13 @@ BAD_INPUTS = {
         lambda t, c, f: {"--background": _sized(t, 72, "bg72")},
         ["64x64", "72x72", "same size"],
     ),
-    "size not a multiple of 8": (
-        lambda t, c, f: {"--image": _sized(t, 60, "a60"), "--background": _sized(t, 60, "b60")},
-        ["60x60", "multiples of 8"],
+    "size not a multiple of the model's 64": (
+        lambda t, c, f: {"--image": _sized(t, 72, "a72"), "--background": _sized(t, 72, "b72")},
+        ["72x72", "multiples of 64"],
+    ),
+    "--size not a multiple of the model's 64": (
+        lambda t, c, f: {"--size": "96"},
+        ["--size is 96x96", "of 64"],
     ),
     "steps < 1": (lambda t, c, f: {"--steps": "0"}, ["steps", "≥ 1"]),
     "steps not a number": (lambda t, c, f: {"--steps": "ten"}, ["--steps", "'ten'"]),

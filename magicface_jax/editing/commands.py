@@ -15,7 +15,14 @@ from jax.sharding import Mesh
 
 from magicface_jax import checkpoint
 from magicface_jax.editing import jsonl
-from magicface_jax.editing.inputs import EditImages, EditSettings, check_output, format_edit, load_images
+from magicface_jax.editing.inputs import (
+    EditImages,
+    EditSettings,
+    check_output,
+    check_size,
+    format_edit,
+    load_images,
+)
 from magicface_jax.editing.runner import Editor
 from magicface_jax.editing.sweep import Sweep, run_sweeps, sweep_grid
 from magicface_jax.errors import MagicFaceError
@@ -36,11 +43,14 @@ def load_pipeline(
     return MagicFacePipeline.from_pretrained(directory, dtype=dtype, mesh=mesh)
 
 
-def _factor(directory: str | Path | None) -> int:
-    """The checkpoint's image-size multiple; an incomplete checkpoint fails here, before any image is read."""
+def _size_multiple(directory: str | Path | None, size: int | None) -> int:
+    """The checkpoint's image-size multiple, `size` checked against it; an incomplete checkpoint fails
+    here, before any image is read."""
     if directory is None:
         raise MagicFaceError("give --checkpoint DIR (a checkpoint made by convert_weights.py), or --demo")
-    return checkpoint.read_info(directory).config.vae.downsample_factor
+    multiple = checkpoint.read_info(directory).config.size_multiple
+    check_size(size, multiple)
+    return multiple
 
 
 def _open(directory: str | Path, settings: EditSettings, dtype: str | None, log: Log) -> Editor:
@@ -78,9 +88,9 @@ def _inputs(
     note: Log,
 ) -> tuple[Path, EditImages]:
     """The output path and the images of one face, all checked (the checkpoint's completeness too)."""
-    factor = _factor(checkpoint_dir)
+    multiple = _size_multiple(checkpoint_dir, size)
     out = check_output(out, (Path(image), None if background is None else Path(background)))
-    images = load_images(image, background, factor=factor, size=size, mask=mask)
+    images = load_images(image, background, multiple=multiple, size=size, mask=mask)
     for message in images.notes:
         note(message)
     return out, images
@@ -162,9 +172,9 @@ def edit_file(
     `batch_size`: edits per batch, rounded up to a multiple of the device count (default: one per device)."""
     if batch_size is not None and batch_size < 1:
         raise MagicFaceError(f"batch size must be ≥ 1, got {batch_size}")
-    factor = _factor(checkpoint_dir)
+    multiple = _size_multiple(checkpoint_dir, size)
     lines = jsonl.read_edits(edits, seed)
-    images, notes = jsonl.load_edit_images(edits, lines, factor=factor, size=size, mask=mask)
+    images, notes = jsonl.load_edit_images(edits, lines, multiple=multiple, size=size, mask=mask)
     for message in notes:
         note(message)
     editor = _open(checkpoint_dir, settings, dtype, log)
