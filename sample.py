@@ -25,7 +25,7 @@ from pathlib import Path
 from magicface_jax import cache, cli, demo
 from magicface_jax.diffusion import SAMPLERS
 from magicface_jax.editing import commands
-from magicface_jax.editing.inputs import EditSettings, check_seed, resolve_edit
+from magicface_jax.editing.inputs import EditSettings, check_seed, check_size, resolve_edit
 from magicface_jax.editing.sweep import Sweep
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.pipeline import DEFAULT_GUIDANCE
@@ -201,6 +201,7 @@ def main(argv=None) -> None:
     if xla_cache:
         print(f"compilation cache: {xla_cache}")
     if args.demo and args.checkpoint is None:
+        check_size(args.size, demo.DEMO_CONFIG.size_multiple)  # before the checkpoint is generated
         args.checkpoint = _demo_checkpoint()
     options = {"dtype": args.dtype, "size": args.size, "mask": args.mask}
 

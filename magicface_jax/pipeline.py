@@ -246,11 +246,19 @@ class MagicFacePipeline:
         """Latents -> raw decoder output (B, H, W, 3); no scaling applied."""
         return _vae_decode(self.model, self.params, jnp.asarray(latents, jnp.float32))
 
+    def _check_latents(self, latents: jax.Array, what: str) -> jax.Array:
+        """Latents the UNet can halve evenly at every level (the image-size rule, in latent pixels)."""
+        if latents.ndim != 4:
+            raise MagicFaceError(
+                f"{what} have shape {latents.shape}; expected (batch, height, width, channels)"
+            )
+        check_image_size(latents.shape[1], latents.shape[2], self.config.denoiser.downsample_factor, what)
+        return latents
+
     def identity_features(self, source_latents) -> list[jax.Array]:
         """One (B, tokens, C) array per transformer block (16 for SD1.5), from the unscaled source latents."""
-        return _identity_features(
-            self.model, self.params, self.prompt_embeds, jnp.asarray(source_latents, jnp.float32)
-        )
+        latents = self._check_latents(jnp.asarray(source_latents, jnp.float32), "source latents")
+        return _identity_features(self.model, self.params, self.prompt_embeds, latents)
 
     def predict_noise(self, noisy_latents, background_latents, au, timestep, identity_features) -> jax.Array:
         """ε-prediction (B, h, w, 4); `au` (B, 12) ordered as `AU_NAMES`; `timestep` int, float or (B,)."""
@@ -258,7 +266,7 @@ class MagicFacePipeline:
             self.model,
             self.params,
             self.prompt_embeds,
-            jnp.asarray(noisy_latents, jnp.float32),
+            self._check_latents(jnp.asarray(noisy_latents, jnp.float32), "noisy latents"),
             jnp.asarray(background_latents, jnp.float32),
             jnp.asarray(au, jnp.float32),
             jnp.asarray(timestep, jnp.float32),

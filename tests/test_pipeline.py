@@ -61,6 +61,16 @@ def test_public_api(pipe):
     assert pipe.prompt_embeds.shape == (1, 77, 32)
 
 
+def test_building_blocks_refuse_latents_the_unet_cannot_halve(pipe):
+    """9 x 9 latents (a 72 x 72 image) would break the UNet's skips: refused by the image-size rule."""
+    odd = np.zeros((1, 9, 9, 4), np.float32)
+    with pytest.raises(MagicFaceError, match=r"source latents is 9x9; .* multiples of 8"):
+        pipe.identity_features(odd)
+    features = pipe.identity_features(np.zeros((1, 8, 8, 4), np.float32))
+    with pytest.raises(MagicFaceError, match="noisy latents is 9x9"):
+        pipe.predict_noise(odd, odd, AU[:1], 500, features)
+
+
 @pytest.mark.parametrize("guidance", [1.5, 3.0, 1.0])
 def test_sampling_matches_the_authors_loop(pipe, torch_pipe, converted, guidance):
     """Eight UniPC steps with AU guidance give the authors' final latents (max |diff| <= 1e-3)."""

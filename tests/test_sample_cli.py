@@ -336,6 +336,13 @@ def test_demo_checkpoint_is_replaced_when_stale_and_deterministic(demo_cache):
         assert all(np.array_equal(a, b) for a, b in pairs)
 
 
+def test_demo_size_is_checked_before_its_checkpoint_is_made(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    code, _, err = call(capsys, "--demo", "--size", "96", "--out", tmp_path / "demo.png")
+    assert_one_line_error(code, err, "--size is 96x96", "multiples of 64")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _script(*argv, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "sample.py"), *map(str, argv)],
