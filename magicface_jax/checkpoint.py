@@ -66,15 +66,11 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(file, CHECKSUM).hexdigest()
 
 
-def stored_files(folder: Path) -> list[str]:
-    """The files under `folder`, by their paths relative to it."""
-    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
-
-
 def folder_checksums(folder: Path, files: list[str] | None = None) -> dict[str, str]:
-    """The digest of each file under `folder` (or of `files` there), hashed in parallel threads (hashlib
-    releases the GIL)."""
-    files = stored_files(folder) if files is None else files
+    """The digest of each file under `folder` (or of `files`, paths relative to it), hashed in parallel
+    threads (hashlib releases the GIL)."""
+    if files is None:
+        files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
     with ThreadPoolExecutor(max(1, min(len(files), os.cpu_count() or 1))) as pool:
         digests = list(pool.map(lambda name: _file_digest(folder / name), files))
     return dict(zip(files, digests, strict=True))
@@ -192,12 +188,10 @@ def read_params(directory: str | Path, name: str, dtype: Any = None) -> dict:
     the manifest's checksums while orbax reads them."""
     path = Path(directory) / name
     expected = read_info(directory).checksums[name]
-    files = stored_files(path)
-    _refuse_damage(
-        path,
-        [f"{file} is missing" for file in sorted(set(expected) - set(files))]
-        + [f"{file} is not part of it" for file in sorted(set(files) - set(expected))],
-    )
+    # Files the manifest does not list are ignored: orbax reads only what its own (checksummed) metadata
+    # names, and a stray file (a desktop's .DS_Store) is no damage.
+    files = sorted(expected)
+    _refuse_damage(path, [f"{file} is missing" for file in files if not (path / file).is_file()])
     with ThreadPoolExecutor(1) as pool:
         checking = pool.submit(folder_checksums, path, files)
         try:

@@ -530,6 +530,14 @@ def test_damaged_network_is_refused_by_name(converted, tmp_path, capsys, damage,
     checkpoint.read_params(broken, "vae")  # the intact networks still read
 
 
+def test_a_stray_file_is_no_damage(converted, tmp_path):
+    """Files the manifest does not list are never read by orbax: ignored, not refused."""
+    copy = tmp_path / "ckpt"
+    shutil.copytree(converted, copy)
+    (copy / "denoiser" / ".DS_Store").write_bytes(b"desktop metadata")
+    checkpoint.read_params(copy, "denoiser")
+
+
 def test_manifest_records_a_checksum_per_file(converted):
     info = checkpoint.read_info(converted)
     for name in (*checkpoint.COMPONENTS, checkpoint.PROMPT_EMBEDS):
