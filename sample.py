@@ -89,7 +89,7 @@ def parse_args(argv) -> argparse.Namespace:
     sampling.add_argument(
         "--size",
         type=int,
-        help="resize the face and background (square) to SIZE x SIZE first; a multiple of 8",
+        help="resize the face and background (square) to SIZE x SIZE first; a multiple of 64 for SD1.5",
     )
     sampling.add_argument(
         "--mask",
@@ -199,7 +199,6 @@ def main(argv=None) -> None:
         sampler=args.sampler,
     )
     seed = check_seed(args.seed)
-    size = check_size(args.size)
     edit = resolve_edit(args.au, args.au_test, args.AU_variation)
     sweeps = [Sweep.parse(spec) for spec in args.sweep or ()]
     if args.edits is None and args.image is None:
@@ -210,8 +209,9 @@ def main(argv=None) -> None:
     if xla_cache:
         print(f"compilation cache: {xla_cache}")
     if args.demo and args.checkpoint is None:
+        check_size(args.size, demo.DEMO_CONFIG.size_multiple)  # before the checkpoint is generated
         args.checkpoint = _demo_checkpoint()
-    options = {"dtype": args.dtype, "size": size, "mask": args.mask, "overwrite": args.overwrite}
+    options = {"dtype": args.dtype, "size": args.size, "mask": args.mask, "overwrite": args.overwrite}
 
     if args.edits is not None:
         commands.edit_file(

@@ -107,12 +107,17 @@ def as_batch(images: ImageLike | Sequence[ImageLike], what: str) -> np.ndarray:
     return np.stack(arrays)
 
 
-def check_latent_size(images: np.ndarray, factor: int, what: str) -> None:
-    height, width = images.shape[1:3]
-    if height % factor or width % factor:
+def check_image_size(height: int, width: int, multiple: int, what: str) -> None:
+    """The one rule for image sizes, wherever a size comes from (an image after its EXIF rotation,
+    `--size`, the API): both sides positive multiples of the model's `MagicFaceConfig.size_multiple`."""
+    for side in (height, width):
+        if isinstance(side, bool) or not isinstance(side, int | np.integer):
+            raise MagicFaceError(f"{what} must be a whole number of pixels, got {side!r}")
+    if min(height, width) < multiple or height % multiple or width % multiple:
         raise MagicFaceError(
-            f"{what} is {width}x{height}; both sides must be multiples of {factor} (crop or resize it, "
-            "e.g. with python -m magicface_jax.preprocess)"
+            f"{what} is {width}x{height}; this model needs both sides to be multiples of {multiple} (its VAE "
+            "and UNet halve them evenly; MagicFace was trained at 512): crop or resize it, e.g. with "
+            "python -m magicface_jax.preprocess"
         )
 
 

@@ -36,7 +36,7 @@ from magicface_jax.convert.names import get_path, network_table
 from magicface_jax.diffusion import NoiseSchedule, Sampler, make_sampler, sample_loop
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces.aus import AU_NAMES, NUM_AUS, au_vector, out_of_range, parse_edit
-from magicface_jax.images import ImageLike, as_batch, check_latent_size, to_model_input, to_uint8
+from magicface_jax.images import ImageLike, as_batch, check_image_size, to_model_input, to_uint8
 from magicface_jax.models.magicface import COMPONENTS, MagicFace, Params
 from magicface_jax.nn.cpu_kernels import SAMPLING
 from magicface_jax.parallel.mesh import (
@@ -282,11 +282,19 @@ class MagicFacePipeline:
         """Latents -> raw decoder output (B, H, W, 3); no scaling applied."""
         return _vae_decode(self.model, self.params, jnp.asarray(latents, jnp.float32))
 
+    def _check_latents(self, latents: jax.Array, what: str) -> jax.Array:
+        """Latents the UNet can halve evenly at every level (the image-size rule, in latent pixels)."""
+        if latents.ndim != 4:
+            raise MagicFaceError(
+                f"{what} have shape {latents.shape}; expected (batch, height, width, channels)"
+            )
+        check_image_size(latents.shape[1], latents.shape[2], self.config.denoiser.downsample_factor, what)
+        return latents
+
     def identity_features(self, source_latents) -> list[jax.Array]:
         """One (B, tokens, C) array per transformer block (16 for SD1.5), from the unscaled source latents."""
-        return _identity_features(
-            self.model, self.params, self.prompt_embeds, jnp.asarray(source_latents, jnp.float32)
-        )
+        latents = self._check_latents(jnp.asarray(source_latents, jnp.float32), "source latents")
+        return _identity_features(self.model, self.params, self.prompt_embeds, latents)
 
     def predict_noise(self, noisy_latents, background_latents, au, timestep, identity_features) -> jax.Array:
         """ε-prediction (B, h, w, 4); `au` (B, 12) ordered as `AU_NAMES`; `timestep` int, float or (B,)."""
@@ -294,7 +302,7 @@ class MagicFacePipeline:
             self.model,
             self.params,
             self.prompt_embeds,
-            jnp.asarray(noisy_latents, jnp.float32),
+            self._check_latents(jnp.asarray(noisy_latents, jnp.float32), "noisy latents"),
             jnp.asarray(background_latents, jnp.float32),
             jnp.asarray(au, jnp.float32),
             jnp.asarray(timestep, jnp.float32),
@@ -319,8 +327,7 @@ class MagicFacePipeline:
                 f"source is {sources.shape[2]}x{sources.shape[1]} but background is "
                 f"{backgrounds.shape[2]}x{backgrounds.shape[1]}: they must have the same size"
             )
-        factor = self.config.vae.downsample_factor
-        check_latent_size(sources, factor, "source")
+        check_image_size(sources.shape[1], sources.shape[2], self.config.size_multiple, "source")
         au_batch = _au_batch(au)
         batch = max(len(sources), len(backgrounds), len(au_batch))
         sources, backgrounds, au_batch = (
@@ -331,6 +338,7 @@ class MagicFacePipeline:
         if latents is None:
             noise = initial_noise(self.config.vae, seed, batch, height, width)
         else:
+            factor = self.config.vae.downsample_factor
             latent_shape = (batch, height // factor, width // factor, self.config.vae.latent_channels)
             noise = np.asarray(latents, np.float32)
             if noise.shape != latent_shape:

@@ -102,7 +102,7 @@ def test_out_is_a_file_exits_2(tmp_path, capsys):
 
 def test_bad_size_exits_2(tmp_path, capsys):
     code, _, err = call(capsys, "--image", str(EXAMPLE), "--out", str(tmp_path / "o"), "--size", "300")
-    assert_one_line_error(code, err, "multiple of 64")
+    assert_one_line_error(code, err, "multiples of 64")
 
 
 def test_bad_mask_is_a_one_line_error(tmp_path, capsys):

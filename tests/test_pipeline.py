@@ -20,8 +20,8 @@ from tests.torch_reference import TorchMagicFace, authors_edit, authors_unipc
 SIZE = 64  # pixels; latents are 8x8
 
 
-def images(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
+def images(count: int, seed: int, size: int = SIZE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
 
 AU = np.array([[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 3, 0, -4, 0, 0, 0, 1, 0]], np.float32)
@@ -59,6 +59,16 @@ def test_public_api(pipe):
         pipe.predict_noise(latents, latents, AU, np.array([500, 500]), features), noise
     )
     assert pipe.prompt_embeds.shape == (1, 77, 32)
+
+
+def test_building_blocks_refuse_latents_the_unet_cannot_halve(pipe):
+    """9 x 9 latents (a 72 x 72 image) would break the UNet's skips: refused by the image-size rule."""
+    odd = np.zeros((1, 9, 9, 4), np.float32)
+    with pytest.raises(MagicFaceError, match=r"source latents is 9x9; .* multiples of 8"):
+        pipe.identity_features(odd)
+    features = pipe.identity_features(np.zeros((1, 8, 8, 4), np.float32))
+    with pytest.raises(MagicFaceError, match="noisy latents is 9x9"):
+        pipe.predict_noise(odd, odd, AU[:1], 500, features)
 
 
 @pytest.mark.parametrize("guidance", [1.5, 3.0, 1.0])
@@ -160,7 +170,11 @@ def test_seed_and_broadcast(pipe):
         ({"au": {"AU3": 1}}, "unknown action unit"),
         ({"au": np.zeros((2, 11))}, "shape"),
         ({"background": images(1, 0)[:, :32]}, "same size"),
-        ({"source": images(2, 0)[:, :60, :60], "background": images(2, 0)[:, :60, :60]}, "multiples of 8"),
+        # 72 is a multiple of the VAE's 8 but not of the 64 the UNet needs: refused before it can crash there
+        (
+            {"source": images(2, 0, 72), "background": images(2, 0, 72)},
+            "72x72; this model needs both sides to be multiples of 64",
+        ),
         ({"source": images(3, 0), "background": images(2, 0)}, "give 1 or 3"),
         ({"latents": np.zeros((1, 4, 4, 4))}, "latents have shape"),
         ({"parallelism": "vmap"}, "parallelism"),

@@ -256,9 +256,13 @@ BAD_INPUTS = {
         lambda t, c, f: {"--background": _sized(t, 72, "bg72")},
         ["64x64", "72x72", "same size"],
     ),
-    "size not a multiple of 8": (
-        lambda t, c, f: {"--image": _sized(t, 60, "a60"), "--background": _sized(t, 60, "b60")},
-        ["60x60", "multiples of 8"],
+    "size not a multiple of the model's 64": (
+        lambda t, c, f: {"--image": _sized(t, 72, "a72"), "--background": _sized(t, 72, "b72")},
+        ["72x72", "multiples of 64"],
+    ),
+    "--size not a multiple of the model's 64": (
+        lambda t, c, f: {"--size": "96"},
+        ["--size is 96x96", "of 64"],
     ),
     "steps < 1": (lambda t, c, f: {"--steps": "0"}, ["num_inference_steps=0", "at least 1"]),
     "steps past the schedule": (lambda t, c, f: {"--steps": "1001"}, ["num_inference_steps=1001", "(1000)"]),
@@ -442,6 +446,13 @@ def test_demo_checkpoint_is_replaced_when_stale_and_deterministic(demo_cache):
         assert jax.tree.structure(stored) == jax.tree.structure(expected[name])
         pairs = zip(jax.tree.leaves(stored), jax.tree.leaves(expected[name]), strict=True)
         assert all(np.array_equal(a, b) for a, b in pairs)
+
+
+def test_demo_size_is_checked_before_its_checkpoint_is_made(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    code, _, err = call(capsys, "--demo", "--size", "96", "--out", tmp_path / "demo.png")
+    assert_one_line_error(code, err, "--size is 96x96", "multiples of 64")
+    assert list(tmp_path.iterdir()) == []
 
 
 def _script(*argv, env=None) -> subprocess.CompletedProcess:

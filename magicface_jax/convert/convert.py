@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from magicface_jax import atomic, checkpoint
-from magicface_jax.config import AUTHORS_PROMPT, MagicFaceConfig, UNetConfig
+from magicface_jax.config import AUTHORS_PROMPT, MagicFaceConfig, UNetConfig, VAEConfig
 from magicface_jax.convert.layouts import (
     Network,
     read_magicface,
@@ -65,7 +65,17 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _check_pair(identity: UNetConfig, denoiser: UNetConfig) -> None:
+def _check_networks(identity: UNetConfig, denoiser: UNetConfig, vae: VAEConfig) -> None:
+    """The three networks fit together: both UNets work on the VAE's latents, with the same layout."""
+    latent = vae.latent_channels
+    channels = {"identity encoder": (identity, latent), "denoiser": (denoiser, 2 * latent)}
+    for what, (config, inputs) in channels.items():
+        if (config.in_channels, config.out_channels) != (inputs, latent):
+            raise MagicFaceError(
+                f"the {what} has in_channels={config.in_channels} and out_channels={config.out_channels}; "
+                f"with the VAE's {latent} latent channels it needs {inputs} and {latent}: "
+                "is this the right model?"
+            )
     as_encoder = denoiser.replace(
         in_channels=identity.in_channels, au_dim=0, sample_size=identity.sample_size
     )
@@ -93,12 +103,12 @@ def to_orbax(
     out = checkpoint.check_output(out, overwrite, inputs)
     stable_diffusion = read_sd(sd, tokenizer)
     if magicface is not None:
-        identity, denoiser = read_magicface(magicface)
+        identity, denoiser = read_magicface(magicface, stable_diffusion.vae.config.latent_channels)
         origin = {"magicface": str(magicface)}
     else:
         identity, denoiser = stable_diffusion.unet, sd_initialised_denoiser(stable_diffusion.unet)
         origin = {"initialised_from_sd": True}
-    _check_pair(identity.config, denoiser.config)
+    _check_networks(identity.config, denoiser.config, stable_diffusion.vae.config)
     networks: dict[str, Network] = {
         "identity_encoder": identity,
         "denoiser": denoiser,

@@ -18,7 +18,14 @@ from magicface_jax import checkpoint
 from magicface_jax.atomic import user_path
 from magicface_jax.diffusion import NoiseSchedule, check_steps
 from magicface_jax.editing import jsonl
-from magicface_jax.editing.inputs import EditImages, EditSettings, check_output, format_edit, load_images
+from magicface_jax.editing.inputs import (
+    EditImages,
+    EditSettings,
+    check_output,
+    check_size,
+    format_edit,
+    load_images,
+)
 from magicface_jax.editing.runner import Editor, check_batch_size
 from magicface_jax.editing.sweep import Sweep, check_grid, run_sweeps, sweep_grid
 from magicface_jax.errors import MagicFaceError
@@ -39,15 +46,19 @@ def load_pipeline(
     return MagicFacePipeline.from_pretrained(directory, dtype=dtype, mesh=mesh)
 
 
-def _check_checkpoint(directory: str | Path | None, settings: EditSettings) -> tuple[Path, int]:
-    """The checkpoint's path and image-size multiple, and the steps checked against its schedule; an
-    incomplete checkpoint fails here, before any image is read."""
+def _check_checkpoint(
+    directory: str | Path | None, settings: EditSettings, size: int | None
+) -> tuple[Path, int]:
+    """The checkpoint's path and image-size multiple, with the steps checked against its schedule and
+    `size` against that multiple; an incomplete checkpoint fails here, before any image is read."""
     if directory is None:
         raise MagicFaceError("give --checkpoint DIR (a checkpoint made by convert_weights.py), or --demo")
     directory = user_path(directory)
     info = checkpoint.read_info(directory)
     check_steps(settings.steps, NoiseSchedule.from_diffusers(info.scheduler).num_train_timesteps)
-    return directory, info.config.vae.downsample_factor
+    multiple = info.config.size_multiple
+    check_size(size, multiple)
+    return directory, multiple
 
 
 def _open(directory: str | Path, settings: EditSettings, dtype: str | None, log: Log) -> Editor:
@@ -87,9 +98,9 @@ def _inputs(
     note: Log,
 ) -> tuple[Path, Path, EditImages]:
     """The checkpoint, the output path and the images of one face, all checked before any weight is read."""
-    checkpoint_dir, factor = _check_checkpoint(checkpoint_dir, settings)
+    checkpoint_dir, multiple = _check_checkpoint(checkpoint_dir, settings, size)
     out = check_output(out, (image, background, checkpoint_dir), overwrite)
-    images = load_images(image, background, factor=factor, size=size, mask=mask)
+    images = load_images(image, background, multiple=multiple, size=size, mask=mask)
     for message in images.notes:
         note(message)
     return checkpoint_dir, out, images
@@ -182,9 +193,9 @@ def edit_file(
     edits per batch, rounded up to a multiple of the device count (default: one per device); existing
     outputs are replaced only if `overwrite`."""
     batch_size = check_batch_size(batch_size, jax.device_count())
-    checkpoint_dir, factor = _check_checkpoint(checkpoint_dir, settings)
+    checkpoint_dir, multiple = _check_checkpoint(checkpoint_dir, settings, size)
     lines = jsonl.read_edits(edits, seed, overwrite, (checkpoint_dir,))
-    images, notes = jsonl.load_edit_images(edits, lines, factor=factor, size=size, mask=mask)
+    images, notes = jsonl.load_edit_images(edits, lines, multiple=multiple, size=size, mask=mask)
     for message in notes:
         note(message)
     editor = _open(checkpoint_dir, settings, dtype, log)

@@ -15,7 +15,7 @@ from magicface_jax.diffusion import check_sampler, check_steps
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import aus
 from magicface_jax.faces import preprocess as faces
-from magicface_jax.images import check_latent_size, load_image
+from magicface_jax.images import check_image_size, load_image
 from magicface_jax.pipeline import DEFAULT_GUIDANCE, check_guidance
 
 NO_BACKGROUND_HINT = (
@@ -75,11 +75,10 @@ def check_output(
     return atomic.check_output(path, inputs, overwrite=overwrite)
 
 
-def check_size(size: int | None) -> int | None:
-    if size is not None and (size < 8 or size % 8):
-        raise MagicFaceError(
-            f"size {size} is not a multiple of 8 of at least 8 (MagicFace was trained at 512)"
-        )
+def check_size(size: int | None, multiple: int) -> int | None:
+    """`--size`, checked by the image-size rule of a model whose sides must be multiples of `multiple`."""
+    if size is not None:
+        check_image_size(size, size, multiple, "--size")
     return size
 
 
@@ -117,11 +116,12 @@ def prepare_images(
     source: np.ndarray,
     background: np.ndarray | None,
     *,
-    factor: int,
+    multiple: int,
     size: int | None = None,
     mask: str = "person",
 ) -> EditImages:
-    """Checks a source and background (computing the background when None), resizes both to `size`."""
+    """Checks a source and background (computing the background when None), resizes both to `size`;
+    sides must be multiples of `multiple` (`MagicFaceConfig.size_multiple`)."""
     notes: list[str] = []
     if background is None:
         background, notes = compute_background(source, mask)
@@ -135,7 +135,7 @@ def prepare_images(
             resize_square(source, size, "image"),
             resize_square(background, size, "background"),
         )
-    check_latent_size(source[None], factor, "image")
+    check_image_size(*source.shape[:2], multiple, "image")
     return EditImages(source, background, notes)
 
 
@@ -143,7 +143,7 @@ def load_images(
     image: str | Path,
     background: str | Path | None,
     *,
-    factor: int,
+    multiple: int,
     size: int | None = None,
     mask: str = "person",
 ) -> EditImages:
@@ -151,7 +151,7 @@ def load_images(
     return prepare_images(
         load_image(image),
         None if background is None else load_image(background),
-        factor=factor,
+        multiple=multiple,
         size=size,
         mask=mask,
     )

@@ -157,7 +157,12 @@ def _check_outputs(path: Path, lines: Sequence[EditLine]) -> None:
 
 
 def load_edit_images(
-    path: str | Path, lines: Sequence[EditLine], *, factor: int, size: int | None = None, mask: str = "person"
+    path: str | Path,
+    lines: Sequence[EditLine],
+    *,
+    multiple: int,
+    size: int | None = None,
+    mask: str = "person",
 ) -> tuple[list[EditImages], list[str]]:
     """Every line's images, read and checked (backgrounds computed where missing), and their notes.
     An image used by several lines is read once."""
@@ -172,7 +177,9 @@ def load_edit_images(
                     if file is not None and file.resolve() not in files:
                         files[file.resolve()] = load_image(file)
                 background = None if key[1] is None else files[key[1]]
-                prepared[key] = prepare_images(files[key[0]], background, factor=factor, size=size, mask=mask)
+                prepared[key] = prepare_images(
+                    files[key[0]], background, multiple=multiple, size=size, mask=mask
+                )
                 notes += [f"{path} line {line.number}: {note}" for note in prepared[key].notes]
         images.append(prepared[key])
     return images, notes
