@@ -2,7 +2,7 @@
 
 - An output that is, contains or lies inside one of the command's inputs is refused (`check_output`).
 - An existing output is kept unless `overwrite`; even then a folder is replaced only when it is empty or an
-  earlier output of ours, recognised by its manifest file.
+  earlier output of ours, recognised by its manifest file and the format recorded in it (`Manifest`).
 - One writer per output at a time: a lock file beside it; a second writer gets an error, not a mix.
 - The output is written under a partial name beside it and renamed at the end. The rename never replaces a
   path that appeared while the command ran, unless `overwrite`; partial names left by a killed run are
@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -56,11 +58,27 @@ def check_not_an_input(output: Path, inputs: Sequence[str | os.PathLike[str] | N
             )
 
 
-def is_replaceable(path: Path, manifest: str | None) -> bool:
-    """An empty folder, or an earlier output of ours (a folder holding its manifest file)."""
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """The file that marks a folder as an earlier output of ours, and the `format` values it may hold: every
+    version's that `overwrite` may replace."""
+
+    name: str
+    formats: tuple[str, ...]
+
+    def marks(self, folder: Path) -> bool:
+        try:
+            data = json.loads((folder / self.name).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(data, dict) and data.get("format") in self.formats
+
+
+def is_replaceable(path: Path, manifest: Manifest | None) -> bool:
+    """An empty folder, or an earlier output of ours (a folder whose manifest names one of our formats)."""
     if not path.is_dir() or path.is_symlink():
         return False
-    return not any(path.iterdir()) or (manifest is not None and (path / manifest).is_file())
+    return not any(path.iterdir()) or (manifest is not None and manifest.marks(path))
 
 
 def check_location(path: Path) -> None:
@@ -80,11 +98,11 @@ def check_output(
     *,
     overwrite: bool = False,
     folder: bool = False,
-    manifest: str | None = None,
+    manifest: Manifest | None = None,
 ) -> Path:
     """An output path checked before any work: not an input, the right kind, replaceable if it exists, its
-    folder creatable and writable. `folder`: the output is a folder (else a file); `manifest`: the file that
-    marks a folder as an earlier output of ours."""
+    folder creatable and writable. `folder`: the output is a folder (else a file); `manifest`: what marks a
+    folder as an earlier output of ours."""
     path = user_path(path)
     check_not_an_input(path, inputs)
     if path.exists():
@@ -95,9 +113,10 @@ def check_output(
         if not overwrite:
             raise MagicFaceError(f"{path} already exists: {OVERWRITE_HINT}")
         if folder and not is_replaceable(path, manifest):
+            marker = manifest.name if manifest else "manifest"
             raise MagicFaceError(
-                f"{path} is a folder of other files (not empty, no {manifest or 'manifest'} of an earlier "
-                "output): --overwrite replaces only an empty folder or an earlier output; choose another path"
+                f"{path} is a folder of other files (not empty, no {marker} of an earlier output): "
+                "--overwrite replaces only an empty folder or an earlier output; choose another path"
             )
     check_location(path)
     return path
@@ -181,7 +200,7 @@ def _appeared(path: Path) -> MagicFaceError:
     )
 
 
-def _publish_directory(partial: Path, path: Path, overwrite: bool, manifest: str | None) -> None:
+def _publish_directory(partial: Path, path: Path, overwrite: bool, manifest: Manifest | None) -> None:
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise _appeared(path)
@@ -225,7 +244,7 @@ def atomic_directory(
     path: str | os.PathLike[str],
     overwrite: bool = False,
     *,
-    manifest: str | None = None,
+    manifest: Manifest | None = None,
     inputs: Sequence[str | os.PathLike[str] | None] = (),
 ) -> Iterator[Path]:
     """Yields a partial folder beside `path` that becomes `path` only if the block completes."""

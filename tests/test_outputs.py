@@ -4,6 +4,7 @@ an input, replace only what is ours, one writer at a time, whole or not at all, 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -18,7 +19,12 @@ from magicface_jax.errors import MagicFaceError
 from magicface_jax.images import load_image, save_image
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = "ours.json"
+OURS = atomic.Manifest("ours.json", ("ours/1", "ours/2"))
+MANIFEST = OURS.name
+
+
+def write_manifest(folder: Path, format: str = "ours/2") -> None:
+    (folder / MANIFEST).write_text(json.dumps({"format": format}))
 
 
 def entries(folder: Path) -> list[str]:
@@ -26,8 +32,8 @@ def entries(folder: Path) -> list[str]:
 
 
 def write_folder(path: str | Path, overwrite: bool = False, **kwargs) -> Path:
-    with atomic.atomic_directory(path, overwrite, manifest=MANIFEST, **kwargs) as partial:
-        (partial / MANIFEST).write_text("{}")
+    with atomic.atomic_directory(path, overwrite, manifest=OURS, **kwargs) as partial:
+        write_manifest(partial)
         (partial / "data.txt").write_text("new")
     return Path(path)
 
@@ -95,11 +101,21 @@ def test_overwrite_replaces_only_an_empty_folder_or_an_earlier_output(tmp_path):
 
     earlier = tmp_path / "earlier"
     earlier.mkdir()
-    (earlier / MANIFEST).write_text("{}")
+    write_manifest(earlier, "ours/1")  # an earlier version's output
     (earlier / "old.txt").write_text("old")
     write_folder(earlier, overwrite=True)
     assert entries(earlier) == ["data.txt", MANIFEST]
     assert entries(tmp_path) == ["earlier", "empty", "other"]  # nothing left beside them
+
+
+@pytest.mark.parametrize("content", [b'{"format": "theirs/1"}', b"{}", b"[1]", b"not json", b"\xff\xfe"])
+def test_a_manifest_name_without_our_format_is_not_ours(tmp_path, content):
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / MANIFEST).write_bytes(content)
+    with pytest.raises(MagicFaceError, match="only an empty folder or an earlier output"):
+        write_folder(folder, overwrite=True)
+    assert entries(folder) == [MANIFEST]
 
 
 def test_the_wrong_kind_of_output_is_refused(tmp_path):
@@ -134,7 +150,7 @@ def test_tilde_is_the_home_folder(tmp_path, monkeypatch):
 def test_a_path_that_appears_meanwhile_is_not_replaced(tmp_path):
     out = tmp_path / "out"
     appeared = pytest.raises(MagicFaceError, match="appeared while this command ran")
-    with appeared, atomic.atomic_directory(out, manifest=MANIFEST) as partial:
+    with appeared, atomic.atomic_directory(out, manifest=OURS) as partial:
         (partial / "data.txt").write_text("new")
         out.mkdir()
         (out / "theirs.txt").write_text("theirs")
@@ -150,8 +166,8 @@ def test_a_path_that_appears_meanwhile_is_not_replaced(tmp_path):
 
 def test_a_second_writer_of_one_output_is_refused(tmp_path):
     out = tmp_path / "out"
-    with atomic.atomic_directory(out, manifest=MANIFEST) as partial:
-        (partial / MANIFEST).write_text("{}")
+    with atomic.atomic_directory(out, manifest=OURS) as partial:
+        write_manifest(partial)
         with pytest.raises(MagicFaceError, match="another command is writing"):
             write_folder(out)
     assert entries(out) == [MANIFEST]

