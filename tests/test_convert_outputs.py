@@ -106,6 +106,8 @@ def test_overwrite_replaces_an_earlier_checkpoint(capsys, sd_folder, converted, 
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # not tempfile's 0700
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~umask}  # orbax's files and the manifest too
 
 
 def test_overwrite_replaces_an_earlier_export(capsys, converted, tmp_path):
