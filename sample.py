@@ -25,10 +25,10 @@ from pathlib import Path
 from magicface_jax import cache, cli, demo
 from magicface_jax.diffusion import SAMPLERS
 from magicface_jax.editing import commands
-from magicface_jax.editing.inputs import EditSettings, check_seed, check_size, resolve_edit
+from magicface_jax.editing.inputs import EditSettings, check_size, resolve_edit
 from magicface_jax.editing.sweep import Sweep
 from magicface_jax.errors import MagicFaceError
-from magicface_jax.pipeline import DEFAULT_GUIDANCE
+from magicface_jax.pipeline import COMPUTE_DTYPES, DEFAULT_GUIDANCE, check_seed
 
 DEFAULT_STEPS = 50
 DEFAULT_SEED = 424  # the authors' script's
@@ -85,11 +85,11 @@ def parse_args(argv) -> argparse.Namespace:
     sampling.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help=f"initial noise seed (default {DEFAULT_SEED})"
     )
-    sampling.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype override")
+    sampling.add_argument("--dtype", choices=COMPUTE_DTYPES, help="compute dtype override")
     sampling.add_argument(
         "--size",
         type=int,
-        help="resize the face and background (square) to SIZE x SIZE first; a multiple of 8",
+        help="resize the face and background (square) to SIZE x SIZE first; a multiple of 64 for SD1.5",
     )
     sampling.add_argument(
         "--mask",
@@ -98,10 +98,17 @@ def parse_args(argv) -> argparse.Namespace:
         help="what a computed background blacks out (default person, as the authors' examples)",
     )
     sampling.add_argument(
-        "--batch-size", type=int, help="edits per batch with --edits (default: one per device)"
+        "--batch-size",
+        type=int,
+        help="edits per batch with --edits or --sweep (default: one per device)",
     )
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--out", help="output image (default: SAVED_PATH/<image name>, or <stem>_sweep.png)")
+    outputs.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output images that exist already (default: refuse them; --demo replaces its own)",
+    )
     outputs.add_argument(
         "--saved_path",
         default=DEFAULT_SAVED_PATH,
@@ -140,8 +147,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         given = [flag for flag, value in per_edit.items() if value is not None]
         if given:
             raise MagicFaceError(f"--edits takes every edit from its file: drop {', '.join(given)}")
-    elif args.batch_size is not None:
-        raise MagicFaceError("--batch-size goes with --edits FILE.jsonl")
+    elif args.batch_size is not None and not args.sweep:
+        raise MagicFaceError("--batch-size goes with --edits FILE.jsonl or --sweep")
 
 
 def _apply_demo_defaults(args: argparse.Namespace) -> None:
@@ -159,6 +166,7 @@ def _apply_demo_defaults(args: argparse.Namespace) -> None:
         args.au = demo.DEMO_EDIT
     if args.steps is None:
         args.steps = demo.DEMO_STEPS
+    args.overwrite = True  # running the demo again replaces its image
 
 
 def _demo_checkpoint() -> Path:
@@ -191,7 +199,6 @@ def main(argv=None) -> None:
         sampler=args.sampler,
     )
     seed = check_seed(args.seed)
-    size = check_size(args.size)
     edit = resolve_edit(args.au, args.au_test, args.AU_variation)
     sweeps = [Sweep.parse(spec) for spec in args.sweep or ()]
     if args.edits is None and args.image is None:
@@ -202,8 +209,9 @@ def main(argv=None) -> None:
     if xla_cache:
         print(f"compilation cache: {xla_cache}")
     if args.demo and args.checkpoint is None:
+        check_size(args.size, demo.DEMO_CONFIG.size_multiple)  # before the checkpoint is generated
         args.checkpoint = _demo_checkpoint()
-    options = {"dtype": args.dtype, "size": size, "mask": args.mask}
+    options = {"dtype": args.dtype, "size": args.size, "mask": args.mask, "overwrite": args.overwrite}
 
     if args.edits is not None:
         commands.edit_file(
@@ -218,7 +226,7 @@ def main(argv=None) -> None:
     elif sweeps:
         commands.edit_sweep(
             args.checkpoint, args.image, args.background, sweeps, edit or {}, _output(args, "_sweep"),
-            settings, seed, **options,
+            settings, seed, batch_size=args.batch_size, **options,
         )  # fmt: skip
     else:
         commands.edit_image(

@@ -65,7 +65,7 @@ def torch_denoiser(config, seed: int = 0):
     """The PyTorch reference denoiser with random weights (diffusers' initialisation)."""
     import torch
 
-    from magicface_jax.torch_reference import Denoiser
+    from tests.torch_reference import Denoiser
 
     torch.manual_seed(seed)
     return Denoiser(config.denoiser).eval()

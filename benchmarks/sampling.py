@@ -138,7 +138,7 @@ def build_models(name: str, with_torch: bool, seed: int = 0) -> Models:
     from magicface_jax.convert.tensors import to_flax_params
     from magicface_jax.models.magicface import COMPONENTS
     from magicface_jax.parallel.mesh import data_mesh, replicate
-    from magicface_jax.torch_reference import TorchMagicFace
+    from tests.torch_reference import TorchMagicFace
 
     config = tiny_magicface_config() if name == "tiny" else sd15_magicface_config()
     torch.manual_seed(seed)
@@ -319,7 +319,7 @@ class TorchRun:
         import torch
 
         from magicface_jax.diffusion import SD15_SCHEDULER_CONFIG
-        from magicface_jax.torch_reference import authors_edit, authors_unipc
+        from tests.torch_reference import authors_edit, authors_unipc
 
         model, device = self.models.torch_model, self.models.device
 

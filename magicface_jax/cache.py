@@ -1,4 +1,5 @@
-"""Where the command-line tools keep generated files: the demo checkpoint and JAX's compilation cache.
+"""Where the command-line tools keep generated files: the demo checkpoint, JAX's compilation cache and the
+person segmentation model of the face preprocessing.
 
 The root is `$MAGICFACE_JAX_CACHE`, else `$XDG_CACHE_HOME/magicface-jax`, else `~/.cache/magicface-jax`.
 """
@@ -7,8 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import jax
 
 CACHE_ENV = "MAGICFACE_JAX_CACHE"
 OFF = "off"
@@ -28,6 +27,8 @@ def enable_compilation_cache(directory: str | Path | None = None) -> str | None:
     `directory`: a folder, "off", or None for the folder JAX was already given (`JAX_COMPILATION_CACHE_DIR`)
     or else `<cache root>/xla`. Call it before the first compilation: JAX opens its cache only once.
     """
+    import jax  # here, so that the cache root needs no JAX (the face preprocessing reads it)
+
     if directory == OFF:
         return None
     if directory is None:

@@ -10,26 +10,36 @@
 One orbax checkpoint per network lets conversion write each as soon as it is built, so only one network is
 in memory at a time. The directory appears only when complete: it is written under a temporary name and
 renamed at the end.
+
+The manifest records a SHA-256 of every file of each orbax folder; reading a network verifies them (hashing
+in threads while orbax reads), so a bit-flipped, truncated or zeroed file is refused with the network's name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from magicface_jax.atomic import atomic_directory
+from magicface_jax import atomic
 from magicface_jax.config import MagicFaceConfig
 from magicface_jax.errors import MagicFaceError
+from magicface_jax.models.magicface import COMPONENTS
 
 MANIFEST = "magicface.json"
-FORMAT = "magicface-jax/1"
-COMPONENTS = ("identity_encoder", "denoiser", "vae")
+FORMAT = "magicface-jax/2"  # 2: per-file checksums
+BEFORE_CHECKSUMS = "magicface-jax/1"
+CHECKSUM = "sha256"
+# What marks a folder as an earlier checkpoint, which `overwrite` may replace: any version's manifest.
+EARLIER_CHECKPOINT = atomic.Manifest(MANIFEST, (FORMAT, BEFORE_CHECKSUMS))
 PROMPT_EMBEDS = "prompt_embeds"
 
 
@@ -39,6 +49,8 @@ class CheckpointInfo:
     scheduler: dict[str, Any]
     param_dtype: str = "float32"
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # folder -> {file path inside it: hex digest}; filled by `CheckpointWriter.finish`
+    checksums: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,7 +59,32 @@ class CheckpointInfo:
             "scheduler": self.scheduler,
             "param_dtype": self.param_dtype,
             "source": self.source,
+            "checksums": {CHECKSUM: self.checksums},
         }
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, CHECKSUM).hexdigest()
+
+
+def folder_checksums(folder: Path, files: list[str] | None = None) -> dict[str, str]:
+    """The digest of each file under `folder` (or of `files`, paths relative to it), hashed in parallel
+    threads (hashlib releases the GIL)."""
+    if files is None:
+        files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    with ThreadPoolExecutor(max(1, min(len(files), os.cpu_count() or 1))) as pool:
+        digests = list(pool.map(lambda name: _file_digest(folder / name), files))
+    return dict(zip(files, digests, strict=True))
+
+
+def _refuse_damage(path: Path, problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise MagicFaceError(
+            f"checkpoint network {path.name!r} in {path.parent} is damaged: {problems[0]}{more}; "
+            "convert it again"
+        )
 
 
 def _checkpointer():
@@ -83,10 +120,20 @@ def _writing_checkpointer():
     return ocp.Checkpointer(handler, multiprocessing_options=alone)
 
 
+def check_output(directory: str | Path, overwrite: bool = False, inputs: Sequence = ()) -> Path:
+    """Where a checkpoint will be written, checked before any work (see `atomic.check_output`); an earlier
+    checkpoint (`EARLIER_CHECKPOINT`) is replaceable with `overwrite`."""
+    return atomic.check_output(
+        directory, inputs, overwrite=overwrite, folder=True, manifest=EARLIER_CHECKPOINT
+    )
+
+
 @contextlib.contextmanager
-def writing_checkpoint(directory: str | Path, overwrite: bool = False) -> Iterator[CheckpointWriter]:
-    """Yields a writer into a temporary directory that becomes `directory` only if the block succeeds."""
-    with atomic_directory(directory, overwrite) as partial:
+def writing_checkpoint(
+    directory: str | Path, overwrite: bool = False, inputs: Sequence = ()
+) -> Iterator[CheckpointWriter]:
+    """Yields a writer into a partial directory that becomes `directory` only if the block succeeds."""
+    with atomic.atomic_directory(directory, overwrite, manifest=EARLIER_CHECKPOINT, inputs=inputs) as partial:
         writer = CheckpointWriter(partial)
         yield writer
         if not writer.finished:
@@ -97,9 +144,11 @@ class CheckpointWriter:
     def __init__(self, root: Path):
         self.root = root
         self.finished = False
+        self.checksums: dict[str, dict[str, str]] = {}
 
     def write_params(self, name: str, params: Mapping) -> None:
         _writing_checkpointer().save(self.root / name, dict(params))
+        self.checksums[name] = folder_checksums(self.root / name)
 
     def write_prompt_embeds(self, prompt_embeds: np.ndarray) -> None:
         self.write_params(PROMPT_EMBEDS, {PROMPT_EMBEDS: np.asarray(prompt_embeds, np.float32)})
@@ -108,13 +157,19 @@ class CheckpointWriter:
         for name in (*COMPONENTS, PROMPT_EMBEDS):
             if not (self.root / name).is_dir():
                 raise RuntimeError(f"checkpoint is missing {name}/")
+        info = dataclasses.replace(info, checksums=self.checksums)
         (self.root / MANIFEST).write_text(json.dumps(info.to_json(), indent=2))
         self.finished = True
 
 
 def read_info(directory: str | Path) -> CheckpointInfo:
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     manifest = directory / MANIFEST
+    if directory.is_file():
+        raise MagicFaceError(
+            f"checkpoint {directory} is a file: give the folder that convert_weights.py wrote "
+            f"(it holds {MANIFEST})"
+        )
     if not directory.is_dir():
         raise MagicFaceError(f"checkpoint {directory} does not exist: make one with convert_weights.py")
     try:
@@ -125,9 +180,19 @@ def read_info(directory: str | Path) -> CheckpointInfo:
         ) from None
     except json.JSONDecodeError as err:
         raise MagicFaceError(f"{manifest} is not valid JSON ({err})") from None
+    if data.get("format") == BEFORE_CHECKSUMS:
+        raise MagicFaceError(
+            f"{directory} was written by an earlier version, before checkpoints recorded checksums "
+            f"(format {BEFORE_CHECKSUMS!r}): convert it again with convert_weights.py"
+        )
     if data.get("format") != FORMAT:
         raise MagicFaceError(f"{manifest} has format {data.get('format')!r}; this version reads {FORMAT!r}")
-    missing = [name for name in (*COMPONENTS, PROMPT_EMBEDS) if not (directory / name).is_dir()]
+    checksums = data.get("checksums", {}).get(CHECKSUM, {})
+    missing = [
+        name
+        for name in (*COMPONENTS, PROMPT_EMBEDS)
+        if not (directory / name).is_dir() or name not in checksums
+    ]
     if missing:
         raise MagicFaceError(
             f"checkpoint {directory} is incomplete: missing {', '.join(missing)}; convert it again"
@@ -137,16 +202,33 @@ def read_info(directory: str | Path) -> CheckpointInfo:
         scheduler=data.get("scheduler", {}),
         param_dtype=data.get("param_dtype", "float32"),
         source=data.get("source", {}),
+        checksums=checksums,
     )
 
 
 def read_params(directory: str | Path, name: str, dtype: Any = None) -> dict:
-    """One network's parameters as numpy arrays (cast to `dtype` when given)."""
-    path = Path(directory) / name
-    try:
-        params = _checkpointer().restore(path)
-    except Exception as err:  # orbax raises assorted errors for damaged directories
-        raise MagicFaceError(f"cannot read {path} ({type(err).__name__}: {err}); convert it again") from None
+    """One network's parameters as numpy arrays (cast to `dtype` when given), its files verified against
+    the manifest's checksums while orbax reads them."""
+    path = atomic.user_path(directory) / name
+    expected = read_info(directory).checksums[name]
+    # Files the manifest does not list are ignored: orbax reads only what its own (checksummed) metadata
+    # names, and a stray file (a desktop's .DS_Store) is no damage.
+    files = sorted(expected)
+    _refuse_damage(path, [f"{file} is missing" for file in files if not (path / file).is_file()])
+    with ThreadPoolExecutor(1) as pool:
+        checking = pool.submit(folder_checksums, path, files)
+        try:
+            params, failure = _checkpointer().restore(path), None
+        except Exception as err:  # orbax raises assorted errors for damaged directories
+            params, failure = None, err
+        found = checking.result()  # damage, when found, explains a failure best
+    _refuse_damage(
+        path, [f"{file} does not match its checksum" for file in files if found[file] != expected[file]]
+    )
+    if failure is not None:
+        raise MagicFaceError(
+            f"cannot read {path} ({type(failure).__name__}: {failure}); convert it again"
+        ) from None
     if dtype is not None:
         params = _map_arrays(lambda a: np.asarray(a, dtype), params)
     return params

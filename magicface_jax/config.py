@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
-
-import jax.numpy as jnp
+from typing import TYPE_CHECKING, Any
 
 from magicface_jax.errors import MagicFaceError
+
+if TYPE_CHECKING:
+    import jax.numpy as jnp
 
 CROSS_ATTN_DOWN = "CrossAttnDownBlock2D"
 PLAIN_DOWN = "DownBlock2D"
@@ -22,6 +23,7 @@ MID_CROSS_ATTN = "UNetMidBlock2DCrossAttn"
 
 AUTHORS_PROMPT = "A close up of a person."
 AU_EMBED_NAME = "au_aug_mlp"  # the authors' name for Linear(12 -> time_embed_dim)
+TIME_EMBED_PER_WIDTH = 4  # diffusers' time-embedding width when the config names none: 4 x the first width
 
 # diffusers keys whose value must be the SD default for us to compute the same function.
 _UNET_DEFAULTS_REQUIRED: dict[str, Any] = {
@@ -85,8 +87,20 @@ class UNetConfig:
     freq_shift: int = 0
     sample_size: int = 64
     au_dim: int = 0  # > 0: the denoiser's AU embedding Linear(au_dim -> time_embed_dim)
+    # diffusers' `time_embedding_dim`; None: 4 x block_out_channels[0]. The authors' AU linear is
+    # Linear(12 -> 1280) whatever the widths, so their releases with a first width other than 320 set it.
+    time_embedding_dim: int | None = None
 
     def __post_init__(self):
+        if self.time_embedding_dim == self.block_out_channels[0] * TIME_EMBED_PER_WIDTH:
+            # One spelling per network, so that configs of the same network compare equal.
+            object.__setattr__(self, "time_embedding_dim", None)
+        if self.time_embedding_dim is not None and (
+            not isinstance(self.time_embedding_dim, int) or self.time_embedding_dim < 1
+        ):
+            raise MagicFaceError(
+                f"UNet config has time_embedding_dim={self.time_embedding_dim!r}; expected a positive integer"
+            )
         n = len(self.block_out_channels)
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise MagicFaceError(
@@ -104,7 +118,14 @@ class UNetConfig:
 
     @property
     def time_embed_dim(self) -> int:
-        return self.block_out_channels[0] * 4
+        """The width of the time embedding, of the AU embedding added to it, and of every resnet's input
+        of it."""
+        return self.time_embedding_dim or self.block_out_channels[0] * TIME_EMBED_PER_WIDTH
+
+    @property
+    def downsample_factor(self) -> int:
+        """How much the UNet shrinks its input: one halving per block but the last."""
+        return 2 ** (len(self.block_out_channels) - 1)
 
     @property
     def num_transformer_blocks(self) -> int:
@@ -123,9 +144,6 @@ class UNetConfig:
         widths = tuple(config.get("block_out_channels", cls.block_out_channels))
         heads = config.get("attention_head_dim", 8)
         heads = tuple(heads) if isinstance(heads, list | tuple) else (heads,) * len(widths)
-        time_dim = config.get("time_embedding_dim")
-        if time_dim not in (None, widths[0] * 4):
-            raise MagicFaceError(f"UNet config has time_embedding_dim={time_dim}; only {widths[0] * 4} works")
         return cls(
             in_channels=config.get("in_channels", 4),
             out_channels=config.get("out_channels", 4),
@@ -142,6 +160,7 @@ class UNetConfig:
             flip_sin_to_cos=config.get("flip_sin_to_cos", True),
             freq_shift=config.get("freq_shift", 0),
             sample_size=config.get("sample_size", 64),
+            time_embedding_dim=config.get("time_embedding_dim"),
         )
 
     def to_diffusers(self) -> dict[str, Any]:
@@ -164,6 +183,7 @@ class UNetConfig:
             "upcast_attention": self.upcast_attention,
             "flip_sin_to_cos": self.flip_sin_to_cos,
             "freq_shift": self.freq_shift,
+            "time_embedding_dim": self.time_embedding_dim,
             "act_fn": "silu",
             "center_input_sample": False,
             "downsample_padding": 1,
@@ -245,7 +265,15 @@ class MagicFaceConfig:
 
     @property
     def compute_dtype(self) -> jnp.dtype:
+        import jax.numpy as jnp  # here, so that preprocessing can read configs without JAX
+
         return jnp.dtype(self.dtype)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor times the UNet's downsampling, so that
+        every UNet level halves evenly and its skips match (64 for SD1.5)."""
+        return self.vae.downsample_factor * self.denoiser.downsample_factor
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -275,6 +303,11 @@ def _dataclass_from_dict(cls, data: Mapping[str, Any]):
 def sd15_magicface_config(**changes) -> MagicFaceConfig:
     """The published MagicFace model: two SD1.5 UNets (denoiser with 8 input channels) and SD1.5's VAE."""
     return dataclasses.replace(MagicFaceConfig(), **changes)
+
+
+# The size multiple of the published model, for what is made without a checkpoint at hand (face crops,
+# training data): images made for it fit every model of its layout.
+SD15_SIZE_MULTIPLE = sd15_magicface_config().size_multiple
 
 
 def tiny_magicface_config(**changes) -> MagicFaceConfig:

@@ -29,6 +29,7 @@ DEMO_EDIT = "AU4=+4,AU1=+2"  # the authors' example edit
 # Defaults that keep the demo to seconds on a laptop CPU, used unless --steps or --size is given.
 DEMO_STEPS = 10
 DEMO_SIZE = 128
+DEMO_CONFIG = tiny_magicface_config()
 WEIGHTS_SEED = 0
 # The code that decides the parameters' names and shapes: when it changes, a cached checkpoint is replaced.
 LAYOUT_SOURCES = ("config.py", "models", "nn", "demo.py")
@@ -98,7 +99,7 @@ def random_params(config: MagicFaceConfig, seed: int) -> Params:
 
 def write_demo_checkpoint(directory: str | Path, overwrite: bool = False) -> None:
     """Writes the demo's tiny checkpoint with random weights, the same on every run."""
-    config = tiny_magicface_config()
+    config = DEMO_CONFIG
     params = random_params(config, WEIGHTS_SEED)
     width = config.denoiser.cross_attention_dim
     prompt_embeds = np.random.default_rng(WEIGHTS_SEED + 1).standard_normal((1, 77, width)).astype(np.float32)

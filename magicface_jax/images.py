@@ -10,13 +10,14 @@ float32 NHWC in [-1, 1]; model outputs float32 in [0, 1].
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from magicface_jax.atomic import atomic_file
+from magicface_jax.atomic import atomic_file, user_path
 from magicface_jax.errors import MagicFaceError
 
 ImageLike = Image.Image | np.ndarray
@@ -68,15 +69,22 @@ def as_rgb_uint8(image: ImageLike) -> np.ndarray:
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Reads an image file as uint8 (H, W, 3); a missing, unreadable or non-image file: `MagicFaceError`."""
-    path = Path(path)
+    path = user_path(path)
     if not path.exists():
         raise MagicFaceError(f"image not found: {path}")
     if not path.is_file():
         raise MagicFaceError(f"{path} is not a file: give the path of an image (PNG, JPEG, ...)")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return as_rgb_uint8(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return as_rgb_uint8(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise MagicFaceError(
+            f"{path} has more pixels than PIL opens safely ({Image.MAX_IMAGE_PIXELS}, a guard against "
+            "decompression bombs): crop or resize it first"
+        ) from None
     except UnidentifiedImageError:
         raise MagicFaceError(
             f"{path} is not an image that PIL can read: give a PNG, JPEG, WebP, ..."
@@ -99,12 +107,17 @@ def as_batch(images: ImageLike | Sequence[ImageLike], what: str) -> np.ndarray:
     return np.stack(arrays)
 
 
-def check_latent_size(images: np.ndarray, factor: int, what: str) -> None:
-    height, width = images.shape[1:3]
-    if height % factor or width % factor:
+def check_image_size(height: int, width: int, multiple: int, what: str) -> None:
+    """The one rule for image sizes, wherever a size comes from (an image after its EXIF rotation,
+    `--size`, the API): both sides positive multiples of the model's `MagicFaceConfig.size_multiple`."""
+    for side in (height, width):
+        if isinstance(side, bool) or not isinstance(side, int | np.integer):
+            raise MagicFaceError(f"{what} must be a whole number of pixels, got {side!r}")
+    if min(height, width) < multiple or height % multiple or width % multiple:
         raise MagicFaceError(
-            f"{what} is {width}x{height}; both sides must be multiples of {factor} (crop or resize it, "
-            "e.g. with python -m magicface_jax.preprocess)"
+            f"{what} is {width}x{height}; this model needs both sides to be multiples of {multiple} (its VAE "
+            "and UNet halve them evenly; MagicFace was trained at 512): crop or resize it, e.g. with "
+            "python -m magicface_jax.preprocess"
         )
 
 
@@ -118,12 +131,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def save_image(image: ImageLike, path: str | Path) -> None:
-    """Writes an image file whole or not at all; the format follows the suffix."""
-    path = Path(path)
+def save_image(image: ImageLike, path: str | Path, overwrite: bool = False) -> None:
+    """Writes an image file whole or not at all (see `atomic`); the format follows the suffix."""
+    path = user_path(path)
     array = as_rgb_uint8(image)
     try:
-        with atomic_file(path) as partial:
+        with atomic_file(path, overwrite) as partial:
             Image.fromarray(array).save(
                 partial, format=Image.registered_extensions().get(path.suffix.lower())
             )

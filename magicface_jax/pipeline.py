@@ -30,12 +30,13 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from magicface_jax import checkpoint
-from magicface_jax.config import MagicFaceConfig
+from magicface_jax.atomic import user_path
+from magicface_jax.config import MagicFaceConfig, VAEConfig
 from magicface_jax.convert.names import get_path, network_table
-from magicface_jax.diffusion import SAMPLERS, NoiseSchedule, Sampler, make_sampler, sample_loop
+from magicface_jax.diffusion import NoiseSchedule, Sampler, make_sampler, sample_loop
 from magicface_jax.errors import MagicFaceError
-from magicface_jax.faces.aus import NUM_AUS, au_vector, out_of_range
-from magicface_jax.images import ImageLike, as_batch, check_latent_size, to_model_input, to_uint8
+from magicface_jax.faces.aus import AU_NAMES, NUM_AUS, au_vector, out_of_range, parse_edit
+from magicface_jax.images import ImageLike, as_batch, check_image_size, to_model_input, to_uint8
 from magicface_jax.models.magicface import COMPONENTS, MagicFace, Params
 from magicface_jax.nn.cpu_kernels import SAMPLING
 from magicface_jax.parallel.mesh import (
@@ -51,8 +52,40 @@ from magicface_jax.parallel.mesh import (
 OUTPUT_TYPES = ("pil", "np", "latent")
 PARALLELISMS = ("shard_map", "pmap")
 DEFAULT_GUIDANCE = 3.0  # the paper's best (Table IV); the authors' script uses 1.5
+COMPUTE_DTYPES = ("float32", "bfloat16")
+MAX_SEED = 2**32 - 1
 
-AUInput = Mapping[str, float] | Sequence[float] | np.ndarray
+AUInput = str | Mapping[str, float] | Sequence[float] | np.ndarray
+
+
+def check_guidance(scale: object) -> float:
+    """The guidance scale as a float, or a clear error: the one check of it."""
+    if isinstance(scale, bool) or not isinstance(scale, int | float | np.integer | np.floating):
+        raise MagicFaceError(f"guidance scale must be a number, got {scale!r}")
+    if not np.isfinite(scale) or scale < 0:
+        raise MagicFaceError(
+            f"guidance scale must be ≥ 0, got {scale!r} (3.0 is the paper's best, 1.5 the authors' script's)"
+        )
+    return float(scale)
+
+
+def check_seed(seed: object, where: str = "seed") -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= MAX_SEED:
+        raise MagicFaceError(f"{where} must be a whole number in 0..{MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
+def check_dtype(dtype: object) -> str | None:
+    """A compute dtype override: None (the checkpoint's) or one of `COMPUTE_DTYPES`."""
+    if dtype is not None and dtype not in COMPUTE_DTYPES:
+        raise MagicFaceError(f"unknown compute dtype {dtype!r}: use one of {', '.join(COMPUTE_DTYPES)}")
+    return dtype
+
+
+def initial_noise(vae: VAEConfig, seed: int, batch: int, height: int, width: int) -> np.ndarray:
+    """Unit Gaussian noise (batch, h, w, C) for images of height × width: the one place it is drawn."""
+    shape = (batch, height // vae.downsample_factor, width // vae.downsample_factor, vae.latent_channels)
+    return np.asarray(jax.random.normal(jax.random.key(check_seed(seed)), shape, jnp.float32))
 
 
 def guided_denoiser(
@@ -171,7 +204,7 @@ class EditRequest:
     sources: np.ndarray  # uint8 (B, H, W, 3)
     backgrounds: np.ndarray  # uint8 (B, H, W, 3)
     au: np.ndarray  # float32 (B, 12)
-    noise: np.ndarray  # float32 (B, H/8, W/8, 4), unit Gaussian
+    noise: np.ndarray  # float32 (B, h, w, C), unit Gaussian
 
     @property
     def batch(self) -> int:
@@ -221,6 +254,8 @@ class MagicFacePipeline:
     ) -> MagicFacePipeline:
         """From an orbax checkpoint written by `convert_weights.py`. `dtype`: compute dtype override
         ("float32", "bfloat16"); parameters are loaded as float32 whatever their storage dtype."""
+        directory = user_path(directory)
+        dtype = check_dtype(dtype)
         info = checkpoint.read_info(directory)
         config = info.config if dtype is None else dataclasses.replace(info.config, dtype=dtype)
         params = {name: checkpoint.read_params(directory, name, np.float32) for name in COMPONENTS}
@@ -247,11 +282,19 @@ class MagicFacePipeline:
         """Latents -> raw decoder output (B, H, W, 3); no scaling applied."""
         return _vae_decode(self.model, self.params, jnp.asarray(latents, jnp.float32))
 
+    def _check_latents(self, latents: jax.Array, what: str) -> jax.Array:
+        """Latents the UNet can halve evenly at every level (the image-size rule, in latent pixels)."""
+        if latents.ndim != 4:
+            raise MagicFaceError(
+                f"{what} have shape {latents.shape}; expected (batch, height, width, channels)"
+            )
+        check_image_size(latents.shape[1], latents.shape[2], self.config.denoiser.downsample_factor, what)
+        return latents
+
     def identity_features(self, source_latents) -> list[jax.Array]:
         """One (B, tokens, C) array per transformer block (16 for SD1.5), from the unscaled source latents."""
-        return _identity_features(
-            self.model, self.params, self.prompt_embeds, jnp.asarray(source_latents, jnp.float32)
-        )
+        latents = self._check_latents(jnp.asarray(source_latents, jnp.float32), "source latents")
+        return _identity_features(self.model, self.params, self.prompt_embeds, latents)
 
     def predict_noise(self, noisy_latents, background_latents, au, timestep, identity_features) -> jax.Array:
         """ε-prediction (B, h, w, 4); `au` (B, 12) ordered as `AU_NAMES`; `timestep` int, float or (B,)."""
@@ -259,7 +302,7 @@ class MagicFacePipeline:
             self.model,
             self.params,
             self.prompt_embeds,
-            jnp.asarray(noisy_latents, jnp.float32),
+            self._check_latents(jnp.asarray(noisy_latents, jnp.float32), "noisy latents"),
             jnp.asarray(background_latents, jnp.float32),
             jnp.asarray(au, jnp.float32),
             jnp.asarray(timestep, jnp.float32),
@@ -277,24 +320,26 @@ class MagicFacePipeline:
         latents: np.ndarray | None = None,
     ) -> EditRequest:
         """Validates and batches one call's inputs; a single source, background or AU is broadcast."""
+        check_seed(seed)
         sources, backgrounds = as_batch(source, "source"), as_batch(background, "background")
         if sources.shape[1:] != backgrounds.shape[1:]:
             raise MagicFaceError(
                 f"source is {sources.shape[2]}x{sources.shape[1]} but background is "
                 f"{backgrounds.shape[2]}x{backgrounds.shape[1]}: they must have the same size"
             )
-        factor = self.config.vae.downsample_factor
-        check_latent_size(sources, factor, "source")
+        check_image_size(sources.shape[1], sources.shape[2], self.config.size_multiple, "source")
         au_batch = _au_batch(au)
         batch = max(len(sources), len(backgrounds), len(au_batch))
         sources, backgrounds, au_batch = (
             _broadcast(x, batch, what)
             for x, what in ((sources, "source"), (backgrounds, "background"), (au_batch, "AU"))
         )
-        latent_shape = (batch, sources.shape[1] // factor, sources.shape[2] // factor, 4)
+        height, width = sources.shape[1:3]
         if latents is None:
-            noise = np.asarray(jax.random.normal(jax.random.key(seed), latent_shape, jnp.float32))
+            noise = initial_noise(self.config.vae, seed, batch, height, width)
         else:
+            factor = self.config.vae.downsample_factor
+            latent_shape = (batch, height // factor, width // factor, self.config.vae.latent_channels)
             noise = np.asarray(latents, np.float32)
             if noise.shape != latent_shape:
                 raise MagicFaceError(f"latents have shape {noise.shape}; this edit needs {latent_shape}")
@@ -357,7 +402,8 @@ class MagicFacePipeline:
         output_type: str = "pil",
         parallelism: str = "shard_map",
     ) -> list[Image.Image] | np.ndarray:
-        """Edits: `au` is a dict such as {"AU4": 4, "AU1": 2}, a (12,) or a (B, 12) array (target − identity).
+        """Edits: `au` is a dict such as {"AU4": 4, "AU1": 2}, a string such as "AU4=+4,AU1=+2", a list of
+        those, or a (12,) or (B, 12) array (target − identity).
 
         Returns PIL images, a float array in [0, 1] (B, H, W, 3) for "np", or the final latents for "latent".
         The authors' script uses guidance 1.5; the default is the paper's best, 3.0. At 1.0 only the
@@ -389,28 +435,38 @@ class MagicFacePipeline:
         return self._replicas
 
     def make_sampler(self, name: str, steps: int, guidance_scale: float, output_type: str = "pil") -> Sampler:
-        """Checks the settings of a call and builds its sampler."""
-        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-            raise MagicFaceError(f"num_inference_steps must be a whole number ≥ 1, got {steps!r}")
-        if not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise MagicFaceError(f"guidance scale must be ≥ 0, got {guidance_scale!r}")
+        """Checks the settings of a call and builds its sampler (which checks its name and steps)."""
+        check_guidance(guidance_scale)
         if output_type not in OUTPUT_TYPES:
             raise MagicFaceError(f"output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
-        if name not in SAMPLERS:
-            raise MagicFaceError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")
-        return make_sampler(name, self.schedule, int(steps))
+        return make_sampler(name, self.schedule, steps)
+
+
+def _edit_vector(edit: str | Mapping[str, float]) -> np.ndarray:
+    return au_vector(parse_edit(edit) if isinstance(edit, str) else edit)
 
 
 def _au_batch(au: AUInput | Sequence[AUInput]) -> np.ndarray:
-    if isinstance(au, Mapping):
-        return au_vector(au)[None]
-    if isinstance(au, Sequence) and au and isinstance(au[0], Mapping):
-        return np.stack([au_vector(a) for a in au])
-    array = np.asarray(au, np.float32)
+    """(B, 12) float32 from a dict, a string "AU4=+2,AU1=-1", a list of those, or a (12,) / (B, 12) array."""
+    if isinstance(au, str | Mapping):
+        return _edit_vector(au)[None]
+    if isinstance(au, Sequence) and au and all(isinstance(a, str | Mapping) for a in au):
+        return np.stack([_edit_vector(a) for a in au])
+    try:
+        array = np.asarray(au, np.float32)
+    except (TypeError, ValueError):
+        raise MagicFaceError(
+            f"AU input {au!r:.80} is not numbers: give a dict such as {{'AU12': 4}}, a string such as "
+            f"'AU12=+4,AU4=-2', or a ({NUM_AUS},) or (B, {NUM_AUS}) array"
+        ) from None
     if array.shape == (NUM_AUS,):
-        return array[None]
+        array = array[None]
     if array.ndim != 2 or array.shape[1] != NUM_AUS:
         raise MagicFaceError(f"AU input has shape {array.shape}; expected ({NUM_AUS},) or (B, {NUM_AUS})")
+    bad = ~np.isfinite(array).all(axis=0)
+    if bad.any():
+        names = ", ".join(AU_NAMES[i] for i in np.flatnonzero(bad))
+        raise MagicFaceError(f"AU input holds NaN or infinite values (in {names}): give finite variations")
     return array
 
 

@@ -10,18 +10,16 @@ published `retrieve_bg.py`), and adds the 17 jaw-line dots. Needs `pip install '
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from magicface_jax import cli
+from magicface_jax import atomic, cli
 from magicface_jax.cli import run
-from magicface_jax.errors import MagicFaceError
 
 FACE_FILE = "face.png"
 BACKGROUND_FILE = "background.png"
@@ -41,30 +39,29 @@ def _parser() -> argparse.ArgumentParser:
         default="person",
         help="black out the whole person (default, as the authors' examples) or only the face parts",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace face.png and background.png if they exist"
+    )
     return parser
 
 
-def _write_pngs(out: Path, images: dict[str, np.ndarray]) -> None:
-    """Writes every image to a temporary name in `out`, then renames them all: nothing half-written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise MagicFaceError(f"cannot create output folder {out}: {err.strerror or err}") from None
-    temporary: dict[str, str] = {}
-    try:
+def _check_outputs(out: Path, names: Sequence[str], inputs: Sequence[str], overwrite: bool) -> None:
+    """Both images' paths, checked before any work (see `atomic.check_output`)."""
+    for name in names:
+        atomic.check_output(out / name, inputs, overwrite=overwrite)
+
+
+def _write_pngs(
+    out: Path, images: dict[str, np.ndarray], overwrite: bool = False, inputs: Sequence[str] = ()
+) -> None:
+    """Writes every image under a partial name in `out`, then renames them all: nothing half-written."""
+    with contextlib.ExitStack() as stack:
+        partials = {
+            name: stack.enter_context(atomic.atomic_file(out / name, overwrite, inputs=inputs))
+            for name in images
+        }
         for name, pixels in images.items():
-            handle, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            os.close(handle)
-            temporary[name] = path
-            Image.fromarray(pixels).save(path, format="PNG")
-        for name, path in temporary.items():
-            os.replace(path, out / name)
-    except OSError as err:
-        raise MagicFaceError(f"cannot write into {out}: {err.strerror or err}") from None
-    finally:
-        for path in temporary.values():
-            if os.path.exists(path):
-                os.remove(path)
+            Image.fromarray(pixels).save(partials[name], format="PNG")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -73,13 +70,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     from magicface_jax.faces.preprocess import preprocess_image
     from magicface_jax.images import load_image
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise MagicFaceError(f"--out {out} is a file: give a folder")
-    result = preprocess_image(load_image(args.image), size=args.size, mask=args.mask)
+    out = atomic.user_path(args.out)
+    names, inputs = (FACE_FILE, BACKGROUND_FILE), (args.image,)
+    photo = load_image(args.image)
+    _check_outputs(out, names, inputs, args.overwrite)
+    result = preprocess_image(photo, size=args.size, mask=args.mask)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    _write_pngs(out, {FACE_FILE: result.face, BACKGROUND_FILE: result.background})
+    _write_pngs(out, dict(zip(names, (result.face, result.background), strict=True)), args.overwrite, inputs)
     print(f"wrote {out / FACE_FILE} and {out / BACKGROUND_FILE}")
 
 

@@ -13,6 +13,7 @@ from magicface_jax.config import tiny_magicface_config
 from magicface_jax.diffusion import SD15_SCHEDULER_CONFIG
 
 TINY_TEXT_WIDTH = 32  # = tiny_magicface_config().denoiser.cross_attention_dim
+WIDE_TIME_EMBEDDING = 48  # differs from 4 x the tiny model's first width (128)
 
 
 def perturb(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
@@ -23,11 +24,24 @@ def perturb(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn
     return module.eval()
 
 
-def tiny_torch_magicface(seed: int = 0):
-    from magicface_jax.torch_reference import TorchMagicFace
+def tiny_torch_magicface(seed: int = 0, config=None):
+    from tests.torch_reference import TorchMagicFace
 
     torch.manual_seed(seed)
-    return perturb(TorchMagicFace(tiny_magicface_config()), seed + 1)
+    return perturb(TorchMagicFace(config or tiny_magicface_config()), seed + 1)
+
+
+def wide_time_config():
+    """The tiny model with a time embedding of 48 channels instead of 4 x 32, as the authors' releases have
+    whenever the first width is not 320 (their AU linear is always Linear(12 -> 1280))."""
+    import dataclasses
+
+    config = tiny_magicface_config()
+    return dataclasses.replace(
+        config,
+        identity_encoder=config.identity_encoder.replace(time_embedding_dim=WIDE_TIME_EMBEDDING),
+        denoiser=config.denoiser.replace(time_embedding_dim=WIDE_TIME_EMBEDDING),
+    )
 
 
 def _byte_symbols() -> list[str]:
@@ -102,3 +116,36 @@ def nchw(array) -> np.ndarray:
 
 def nhwc(array) -> np.ndarray:
     return np.asarray(array).transpose(0, 2, 3, 1)
+
+
+def random(shape, seed) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def denoiser_predictions(torch_model, config, pair, timestep) -> tuple[np.ndarray, np.ndarray]:
+    """One guided-batch noise prediction (NCHW) of our denoiser with Flax parameters `pair` (identity
+    encoder, denoiser), and of the PyTorch reference `torch_model`, on the same random inputs."""
+    from magicface_jax.models.magicface import MagicFace
+
+    model = MagicFace(config)
+    width = config.denoiser.cross_attention_dim
+    noisy, background = random((2, 4, 16, 16), 6), random((2, 4, 16, 16), 7)
+    identity = random((2, 4, 16, 16), 8)
+    au = np.array([[0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 2], [1, -3, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0]], np.float32)
+    prompt = random((1, 77, width), 9)
+    with torch.no_grad():
+        prompt_t = torch.from_numpy(prompt).expand(2, -1, -1)
+        features = torch_model.identity_encoder(torch.from_numpy(identity), prompt_t)
+        expected = torch_model.denoiser(
+            torch.from_numpy(noisy),
+            torch.from_numpy(background),
+            torch.from_numpy(au),
+            timestep,
+            features,
+            prompt_t,
+        ).numpy()
+    encoder_params, denoiser_params = pair
+    ours_features = model.identity_features(encoder_params, nhwc(identity), prompt)
+    kv = model.identity_kv(denoiser_params, ours_features)
+    ours = model.predict_noise(denoiser_params, nhwc(noisy), nhwc(background), au, timestep, kv, prompt)
+    return nchw(ours), expected

@@ -36,3 +36,11 @@ def test_fast_compile_flags_are_refused(monkeypatch, capsys):
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
     assert run(model.main, ["--config", "tiny"]) == 2
     assert "fast-compile" in capsys.readouterr().err
+
+
+def test_benchmarks_build_the_torch_reference_from_the_tests():
+    """The benchmarks take the PyTorch reference from tests/ (it is not part of the installed package)."""
+    denoiser = model.torch_denoiser(model.model_config("tiny"))
+    assert type(denoiser).__module__ == "tests.torch_reference"
+    models = sampling.build_models("tiny", with_torch=True)
+    assert type(models.torch_model).__module__ == "tests.torch_reference"

@@ -82,7 +82,7 @@ def test_round_trip_is_bit_identical(converted, sd_folder, release_folder, tmp_p
 
 
 def test_exported_weights_load_into_the_reference(converted, torch_model, tmp_path):
-    from magicface_jax.torch_reference import TorchMagicFace
+    from tests.torch_reference import TorchMagicFace
 
     to_pytorch(converted, tmp_path / "pytorch", **QUIET)
     loaded = TorchMagicFace.from_pretrained(tmp_path / "pytorch")
@@ -372,3 +372,186 @@ def test_bin_and_sharded_release_convert_like_safetensors(sd_folder, release_fol
 
     to_orbax(sd_folder, tmp_path / "ckpt", magicface=release, **QUIET)
     assert_same_params(tmp_path / "ckpt", converted, ("identity_encoder", "denoiser"))
+
+
+# ------------------------------------------------------------------- time embedding wider than 4 x width
+
+
+@pytest.fixture(scope="module")
+def wide_time_release(tmp_path_factory):
+    """A tiny release in the authors' layout whose configs set `time_embedding_dim` (48, not 4 x 32)."""
+    from tests.fixtures import tiny_torch_magicface, wide_time_config, write_release_folder, write_sd_folder
+
+    model = tiny_torch_magicface(seed=5, config=wide_time_config())
+    root = tmp_path_factory.mktemp("wide-time")
+    return model, write_sd_folder(root / "sd", model), write_release_folder(root / "release", model)
+
+
+def test_wide_time_embedding_release_converts_both_ways(wide_time_release, tmp_path):
+    from tests.fixtures import WIDE_TIME_EMBEDDING, denoiser_predictions, wide_time_config
+    from tests.torch_reference import TorchMagicFace
+
+    model, sd, release = wide_time_release
+    config = json.loads((release / "denoising_unet" / "config.json").read_text())
+    assert config["time_embedding_dim"] == WIDE_TIME_EMBEDDING != 4 * config["block_out_channels"][0]
+    to_orbax(sd, tmp_path / "ckpt", magicface=release, **QUIET)
+    info = checkpoint.read_info(tmp_path / "ckpt")
+    assert info.config == wide_time_config()
+    rows = {row.torch_key: row for row in network_table(info.config.denoiser)}
+    assert rows[f"{AU_EMBED_NAME}.weight"].torch_shape == (WIDE_TIME_EMBEDDING, 12)
+    assert rows["time_embedding.linear_1.weight"].torch_shape == (WIDE_TIME_EMBEDDING, 32)
+    assert rows["down_blocks.1.resnets.0.time_emb_proj.weight"].torch_shape == (64, WIDE_TIME_EMBEDDING)
+
+    pair = tuple(checkpoint.read_params(tmp_path / "ckpt", n) for n in ("identity_encoder", "denoiser"))
+    ours, expected = denoiser_predictions(model, info.config, pair, 500.0)
+    assert np.abs(ours - expected).max() <= 2e-4
+
+    to_pytorch(tmp_path / "ckpt", tmp_path / "back", **QUIET)
+    for folder in ("ID_enc", "denoising_unet"):
+        exported = json.loads((tmp_path / "back" / folder / "config.json").read_text())
+        assert exported["time_embedding_dim"] == WIDE_TIME_EMBEDDING
+        ours = load_file(tmp_path / "back" / folder / "diffusion_pytorch_model.safetensors")
+        theirs = load_file(release / folder / "diffusion_pytorch_model.safetensors")
+        assert ours.keys() == theirs.keys()
+        for key in theirs:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    loaded = TorchMagicFace.from_pretrained(tmp_path / "back")
+    assert loaded.config == info.config
+    for mine, theirs in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_time_embedding_dim_in_configs():
+    from magicface_jax.config import UNetConfig
+
+    tiny = tiny_magicface_config().identity_encoder
+    spelled_out = UNetConfig.from_diffusers(tiny.to_diffusers() | {"time_embedding_dim": 128})
+    assert spelled_out == tiny and spelled_out.time_embed_dim == 128
+    wide = UNetConfig.from_diffusers(tiny.to_diffusers() | {"time_embedding_dim": 1280})
+    assert wide.time_embed_dim == 1280 and wide.to_diffusers()["time_embedding_dim"] == 1280
+    with pytest.raises(MagicFaceError, match="time_embedding_dim=0"):
+        UNetConfig.from_diffusers(tiny.to_diffusers() | {"time_embedding_dim": 0})
+
+
+# ----------------------------------------------------------------------- weights checked, data verified
+
+
+def test_denoiser_conv_in_must_take_noisy_and_background_latents(sd_folder, release_folder, tmp_path, capsys):
+    """A denoiser whose conv_in takes 4 channels (an SD UNet with an AU linear) is refused by its shape."""
+
+    def four_channels(tensors):
+        tensors["conv_in.weight"] = tensors["conv_in.weight"][:, :4].copy()
+
+    broken = _edit_release(release_folder, tmp_path, four_channels)
+    assert_refused(
+        capsys,
+        tmp_path / "out",
+        "--sd",
+        sd_folder,
+        "--magicface",
+        broken,
+        match="conv_in.weight has shape (32, 4, 3, 3), the denoiser expects (32, 8, 3, 3)",
+    )
+
+
+def test_identity_encoder_must_take_latents(sd_folder, release_folder, tmp_path, capsys):
+    broken = tmp_path / "release"
+    shutil.copytree(release_folder, broken)
+    config_file = broken / "ID_enc" / "config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"in_channels": 8}))
+    assert_refused(
+        capsys,
+        tmp_path / "out",
+        "--sd",
+        sd_folder,
+        "--magicface",
+        broken,
+        match="identity encoder has in_channels=8",
+    )
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_tensor_is_refused_by_name(sd_folder, release_folder, tmp_path, capsys, value):
+    def poison(tensors):
+        tensors["up_blocks.1.attentions.0.proj_out.weight"].flat[3] = value
+
+    broken = _edit_release(release_folder, tmp_path, poison)
+    assert_refused(
+        capsys,
+        tmp_path / "out",
+        "--sd",
+        sd_folder,
+        "--magicface",
+        broken,
+        match="up_blocks.1.attentions.0.proj_out.weight has 1 non-finite values",
+    )
+
+
+def _largest_file(folder: Path) -> Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _zero(path: Path) -> None:
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+def _drop(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (_flip_bit, "does not match its checksum"),
+        (_zero, "does not match its checksum"),
+        (_drop, "is missing"),
+    ],
+    ids=["bit-flip", "zeroed", "deleted"],
+)
+def test_damaged_network_is_refused_by_name(converted, tmp_path, capsys, damage, match):
+    """Every stored file is checksummed: a flipped bit, a zeroed or a deleted file is refused, naming the
+    network, by the converter and by the pipeline."""
+    from magicface_jax.pipeline import MagicFacePipeline
+
+    broken = tmp_path / "ckpt"
+    shutil.copytree(converted, broken)
+    damage(_largest_file(broken / "denoiser"))
+    with pytest.raises(MagicFaceError, match=f"'denoiser'.* is damaged: .*{match}"):
+        checkpoint.read_params(broken, "denoiser")
+    with pytest.raises(MagicFaceError, match="'denoiser'"):
+        MagicFacePipeline.from_pretrained(broken)
+    assert_refused(capsys, tmp_path / "out", "--to-pytorch", "--checkpoint", broken, match="'denoiser'")
+    checkpoint.read_params(broken, "vae")  # the intact networks still read
+
+
+def test_a_stray_file_is_no_damage(converted, tmp_path):
+    """Files the manifest does not list are never read by orbax: ignored, not refused."""
+    copy = tmp_path / "ckpt"
+    shutil.copytree(converted, copy)
+    (copy / "denoiser" / ".DS_Store").write_bytes(b"desktop metadata")
+    checkpoint.read_params(copy, "denoiser")
+
+
+def test_manifest_records_a_checksum_per_file(converted):
+    info = checkpoint.read_info(converted)
+    for name in (*checkpoint.COMPONENTS, checkpoint.PROMPT_EMBEDS):
+        stored = {
+            p.relative_to(converted / name).as_posix() for p in (converted / name).rglob("*") if p.is_file()
+        }
+        assert set(info.checksums[name]) == stored
+        assert all(len(digest) == 64 for digest in info.checksums[name].values())
+
+
+def test_checkpoint_from_before_checksums_is_refused(converted, tmp_path, capsys):
+    old = tmp_path / "ckpt"
+    shutil.copytree(converted, old)
+    manifest = json.loads((old / checkpoint.MANIFEST).read_text())
+    del manifest["checksums"]
+    (old / checkpoint.MANIFEST).write_text(json.dumps(manifest | {"format": checkpoint.BEFORE_CHECKSUMS}))
+    assert_refused(capsys, tmp_path / "out", "--to-pytorch", "--checkpoint", old, match="convert it again")

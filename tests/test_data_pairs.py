@@ -305,7 +305,7 @@ def test_cli_builds_synthetic_faces(tmp_path, capsys):
         (["synthetic_faces", "--num-pairs", "0"], "at least 1 train pair"),
         (["synthetic_faces", "--workers", "0"], "--workers"),
         (["magicface_pairs", "--images", "/nonexistent", "--labels", "x.csv"], "image folder /nonexistent"),
-        (["magicface_pairs", "--images", ".", "--labels", "x.csv", "--resolution", "96"], "multiple of 64"),
+        (["magicface_pairs", "--images", ".", "--labels", "x.csv", "--resolution", "96"], "multiples of 64"),
         (["magicface_pairs", "--images", ".", "--labels", "x.csv", "--test-fraction", "1"], "fractions"),
     ],
 )

@@ -13,7 +13,6 @@ from magicface_jax.editing.inputs import (
     EditImages,
     EditSettings,
     check_output,
-    check_seed,
     format_edit,
     prepare_images,
     resolve_edit,
@@ -21,6 +20,7 @@ from magicface_jax.editing.inputs import (
 from magicface_jax.editing.sweep import Sweep, sweep_grid
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import preprocess as faces
+from magicface_jax.pipeline import check_seed
 
 
 def pixels(size: int = 64, seed: int = 0, channels: int = 3) -> np.ndarray:
@@ -79,22 +79,22 @@ def test_seed_and_output_checks(tmp_path):
 
 def test_prepare_images_checks_and_resizes():
     face, background = pixels(64, 0), pixels(64, 1)
-    prepared = prepare_images(face, background, factor=8)
+    prepared = prepare_images(face, background, multiple=8)
     assert prepared.source is face and prepared.notes == []
-    resized = prepare_images(face, background, factor=8, size=32)
+    resized = prepare_images(face, background, multiple=8, size=32)
     assert resized.source.shape == resized.background.shape == (32, 32, 3)
     with pytest.raises(MagicFaceError, match="same size"):
-        prepare_images(face, pixels(72, 1), factor=8)
+        prepare_images(face, pixels(72, 1), multiple=8)
     with pytest.raises(MagicFaceError, match="multiples of 8"):
-        prepare_images(pixels(60, 0), pixels(60, 1), factor=8)
+        prepare_images(pixels(60, 0), pixels(60, 1), multiple=8)
     with pytest.raises(MagicFaceError, match="square"):
-        prepare_images(face[:48], background[:48], factor=8, size=32)
+        prepare_images(face[:48], background[:48], multiple=8, size=32)
 
 
 def test_missing_background_without_preprocessing(monkeypatch):
     monkeypatch.setattr(faces, "is_available", lambda: False)
     with pytest.raises(MagicFaceError) as err:
-        prepare_images(pixels(64, 0), None, factor=8)
+        prepare_images(pixels(64, 0), None, multiple=8)
     assert "python -m magicface_jax.preprocess" in str(err.value)
     assert "pip install 'magicface-jax[faces]'" in str(err.value)
 
@@ -157,7 +157,7 @@ GOOD = {"image": "a.png", "au": {"AU12": 4}, "out": "a_out.png"}
         ({**GOOD, "image": 3}, ['"image"']),
         ({**GOOD, "out": "a.doc"}, ["unknown image format"]),
         ({**GOOD, "seed": -3}, ["seed"]),
-        ({**GOOD, "out": "a.png"}, ["input image"]),
+        ({**GOOD, "out": "a.png"}, ["is the input"]),
     ],
 )
 def test_read_edits_errors_name_the_line(tmp_path, line, words):
@@ -191,11 +191,11 @@ def test_load_edit_images_reads_each_file_once_and_names_the_line(tmp_path):
     records = [{**GOOD, "background": "a_bg.png", "out": f"{i}.png"} for i in range(2)]
     write_jsonl(edits, records)
     lines = jsonl.read_edits(edits, 0)
-    images, notes = jsonl.load_edit_images(edits, lines, factor=8)
+    images, notes = jsonl.load_edit_images(edits, lines, multiple=8)
     assert images[0] is images[1] and notes == []
     write_jsonl(edits, [*records, {**GOOD, "background": "big_bg.png", "out": "2.png"}])
     with pytest.raises(MagicFaceError, match="line 3: image is 64x64 but background is 72x72"):
-        jsonl.load_edit_images(edits, jsonl.read_edits(edits, 0), factor=8)
+        jsonl.load_edit_images(edits, jsonl.read_edits(edits, 0), multiple=8)
 
 
 def test_plan_batches_groups_sizes_and_fills_the_devices():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 
@@ -100,7 +102,7 @@ def test_out_is_a_file_exits_2(tmp_path, capsys):
 
 def test_bad_size_exits_2(tmp_path, capsys):
     code, _, err = call(capsys, "--image", str(EXAMPLE), "--out", str(tmp_path / "o"), "--size", "300")
-    assert_one_line_error(code, err, "multiple of 64")
+    assert_one_line_error(code, err, "multiples of 64")
 
 
 def test_bad_mask_is_a_one_line_error(tmp_path, capsys):
@@ -138,3 +140,48 @@ def test_runs_as_a_module(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: image not found: {tmp_path / 'x.png'}"
+
+
+def _not_called(*args, **kwargs):
+    raise AssertionError("the photo was preprocessed before the outputs were checked")
+
+
+def test_an_output_that_is_the_input_is_refused(tmp_path, capsys, monkeypatch):
+    from magicface_jax.faces import preprocess as faces
+
+    monkeypatch.setattr(faces, "preprocess_image", _not_called)
+    photo = tmp_path / "face.png"
+    photo.write_bytes(EXAMPLE.read_bytes())
+    code, _, err = call(capsys, "--image", str(photo), "--out", str(tmp_path), "--overwrite")
+    assert_one_line_error(code, err, f"output {photo} is the input")
+    assert photo.read_bytes() == EXAMPLE.read_bytes()
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, capsys, monkeypatch):
+    from magicface_jax.faces import preprocess as faces
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "background.png").write_text("an earlier result")
+    with monkeypatch.context() as patch:
+        patch.setattr(faces, "preprocess_image", _not_called)
+        code, _, err = call(capsys, "--image", str(EXAMPLE), "--out", str(out))
+    assert_one_line_error(code, err, "background.png already exists", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["background.png"]
+    code, _, err = call(capsys, "--image", str(EXAMPLE), "--out", str(out), "--size", "128", "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["background.png", "face.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("face.png", "background.png"):
+        assert Image.open(out / name).size == (128, 128)
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask
+
+
+def test_out_under_a_file_exits_2_before_any_work(tmp_path, capsys, monkeypatch):
+    from magicface_jax.faces import preprocess as faces
+
+    monkeypatch.setattr(faces, "preprocess_image", _not_called)
+    (tmp_path / "taken").write_text("x")
+    code, _, err = call(capsys, "--image", str(EXAMPLE), "--out", str(tmp_path / "taken" / "sub"))
+    assert_one_line_error(code, err, "is a file, not a folder")

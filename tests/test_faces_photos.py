@@ -161,8 +161,8 @@ def test_no_face_is_refused():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"size": 500}, "multiple of 64"),
-        ({"size": 0}, "multiple of 64"),
+        ({"size": 500}, "multiples of 64"),
+        ({"size": 0}, "multiples of 64"),
         ({"size": 512.0}, "whole number"),
         ({"mask": "hair"}, "not one of person, face"),
     ],

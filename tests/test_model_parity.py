@@ -17,7 +17,16 @@ from magicface_jax.convert.sources import ArraySource
 from magicface_jax.convert.tensors import to_flax_params
 from magicface_jax.models.magicface import MagicFace
 from magicface_jax.models.unet import UNet
-from tests.fixtures import nchw, nhwc, perturb
+from tests.fixtures import (
+    WIDE_TIME_EMBEDDING,
+    denoiser_predictions,
+    nchw,
+    nhwc,
+    perturb,
+    random,
+    tiny_torch_magicface,
+    wide_time_config,
+)
 
 TOLERANCE = 2e-4
 
@@ -35,10 +44,6 @@ def assert_close(ours, reference, tolerance=TOLERANCE):
     )
 
 
-def random(shape, seed):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
 SD2_LIKE = UNetConfig(
     block_out_channels=(32, 64, 64, 64),
     attention_heads=(2, 4, 4, 4),
@@ -49,12 +54,21 @@ SD2_LIKE = UNetConfig(
 )
 
 
-@pytest.mark.parametrize("config", [tiny_magicface_config().identity_encoder, SD2_LIKE], ids=["sd15", "sd2"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        tiny_magicface_config().identity_encoder,
+        SD2_LIKE,
+        tiny_magicface_config().identity_encoder.replace(time_embedding_dim=WIDE_TIME_EMBEDDING),
+    ],
+    ids=["sd15", "sd2", "wide-time"],
+)
 @pytest.mark.parametrize("timestep", [0, 417.5])
 def test_unet_matches_diffusers(config, timestep):
     torch.manual_seed(0)
     kwargs = {k: v for k, v in config.to_diffusers().items() if not k.startswith("_")}
     reference = perturb(UNet2DConditionModel(**kwargs), seed=1)
+    assert reference.time_embedding.linear_2.out_features == config.time_embed_dim
     params = flax_params(reference.state_dict(), config)
     sample, context = random((2, 4, 16, 16), 2), random((2, 7, config.cross_attention_dim), 3)
     with torch.no_grad():
@@ -103,28 +117,25 @@ def test_identity_features_match_reference(torch_model, tiny_pair):
 
 @pytest.mark.parametrize("timestep", [999, 10.0])
 def test_denoiser_matches_reference(torch_model, tiny_pair, timestep):
-    config = tiny_magicface_config()
-    model = MagicFace(config)
-    noisy, background = random((2, 4, 16, 16), 6), random((2, 4, 16, 16), 7)
-    identity = random((2, 4, 16, 16), 8)
-    au = np.array([[0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 2], [1, -3, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0]], np.float32)
-    prompt = random((1, 77, 32), 9)
-    with torch.no_grad():
-        prompt_t = torch.from_numpy(prompt).expand(2, -1, -1)
-        features = torch_model.identity_encoder(torch.from_numpy(identity), prompt_t)
-        expected = torch_model.denoiser(
-            torch.from_numpy(noisy),
-            torch.from_numpy(background),
-            torch.from_numpy(au),
-            timestep,
-            features,
-            prompt_t,
-        ).numpy()
-    encoder_params, denoiser_params = tiny_pair
-    ours_features = model.identity_features(encoder_params, nhwc(identity), prompt)
-    kv = model.identity_kv(denoiser_params, ours_features)
-    ours = model.predict_noise(denoiser_params, nhwc(noisy), nhwc(background), au, timestep, kv, prompt)
-    assert_close(nchw(ours), expected)
+    assert_denoiser_matches(torch_model, tiny_magicface_config(), tiny_pair, timestep)
+
+
+def test_wide_time_embedding_denoiser_matches_reference():
+    """time_embedding_dim != 4 x the first width: the AU linear, the time MLP and every resnet's time
+    projection take the configured width, in both implementations."""
+    config = wide_time_config()
+    torch_model = tiny_torch_magicface(seed=4, config=config)
+    assert torch_model.denoiser.au_aug_mlp.out_features == WIDE_TIME_EMBEDDING
+    pair = (
+        flax_params(torch_model.identity_encoder.unet.state_dict(), config.identity_encoder),
+        flax_params(torch_model.denoiser.magicface_state_dict(), config.denoiser),
+    )
+    assert pair[1]["au_aug_mlp"]["kernel"].shape == (12, WIDE_TIME_EMBEDDING)
+    assert_denoiser_matches(torch_model, config, pair, 321.0)
+
+
+def assert_denoiser_matches(torch_model, config, pair, timestep):
+    assert_close(*denoiser_predictions(torch_model, config, pair, timestep))
 
 
 def _jitted_edit(model: MagicFace):

@@ -14,14 +14,14 @@ from magicface_jax.convert.convert import to_pytorch
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.parallel.mesh import data_mesh
 from magicface_jax.pipeline import MagicFacePipeline
-from magicface_jax.torch_reference import TorchMagicFace, authors_edit, authors_unipc
 from tests.fixtures import nchw, nhwc
+from tests.torch_reference import TorchMagicFace, authors_edit, authors_unipc
 
 SIZE = 64  # pixels; latents are 8x8
 
 
-def images(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
+def images(count: int, seed: int, size: int = SIZE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
 
 AU = np.array([[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 3, 0, -4, 0, 0, 0, 1, 0]], np.float32)
@@ -59,6 +59,16 @@ def test_public_api(pipe):
         pipe.predict_noise(latents, latents, AU, np.array([500, 500]), features), noise
     )
     assert pipe.prompt_embeds.shape == (1, 77, 32)
+
+
+def test_building_blocks_refuse_latents_the_unet_cannot_halve(pipe):
+    """9 x 9 latents (a 72 x 72 image) would break the UNet's skips: refused by the image-size rule."""
+    odd = np.zeros((1, 9, 9, 4), np.float32)
+    with pytest.raises(MagicFaceError, match=r"source latents is 9x9; .* multiples of 8"):
+        pipe.identity_features(odd)
+    features = pipe.identity_features(np.zeros((1, 8, 8, 4), np.float32))
+    with pytest.raises(MagicFaceError, match="noisy latents is 9x9"):
+        pipe.predict_noise(odd, odd, AU[:1], 500, features)
 
 
 @pytest.mark.parametrize("guidance", [1.5, 3.0, 1.0])
@@ -143,14 +153,28 @@ def test_seed_and_broadcast(pipe):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"num_inference_steps": 0}, "≥ 1"),
+        ({"num_inference_steps": 0}, "num_inference_steps=0: expected between 1 and"),
+        ({"num_inference_steps": "10"}, "num_inference_steps='10': expected an integer"),
         ({"guidance_scale": -1.0}, "≥ 0"),
+        ({"guidance_scale": "3"}, "guidance scale must be a number, got '3'"),
+        ({"guidance_scale": float("nan")}, "guidance scale must be ≥ 0, got nan"),
+        ({"seed": "1"}, "seed must be a whole number"),
+        ({"seed": 1.5}, "seed must be a whole number"),
+        ({"seed": -1}, "seed must be a whole number in 0.."),
+        ({"au": "AU3=+1"}, "unknown action unit 'AU3'"),
+        ({"au": "AU4=lots"}, "'lots' is not a number"),
+        ({"au": np.full(12, np.nan)}, "NaN or infinite values"),
+        ({"au": [["x"] * 12]}, "is not numbers"),
         ({"scheduler": "heun"}, "unknown sampler"),
         ({"output_type": "tensor"}, "output_type"),
         ({"au": {"AU3": 1}}, "unknown action unit"),
         ({"au": np.zeros((2, 11))}, "shape"),
         ({"background": images(1, 0)[:, :32]}, "same size"),
-        ({"source": images(2, 0)[:, :60, :60], "background": images(2, 0)[:, :60, :60]}, "multiples of 8"),
+        # 72 is a multiple of the VAE's 8 but not of the 64 the UNet needs: refused before it can crash there
+        (
+            {"source": images(2, 0, 72), "background": images(2, 0, 72)},
+            "72x72; this model needs both sides to be multiples of 64",
+        ),
         ({"source": images(3, 0), "background": images(2, 0)}, "give 1 or 3"),
         ({"latents": np.zeros((1, 4, 4, 4))}, "latents have shape"),
         ({"parallelism": "vmap"}, "parallelism"),
@@ -160,6 +184,32 @@ def test_bad_input(pipe, change, message):
     arguments = {"source": images(1, 0), "background": images(1, 0), "au": AU[:1]} | change
     with pytest.raises(MagicFaceError, match=message):
         pipe(**arguments)
+
+
+def test_au_as_a_string_is_the_cli_form(pipe):
+    source = images(1, 0)
+    request = pipe.prepare(source, source, "AU4=+2,AU1=-1")
+    expected = np.zeros((1, 12), np.float32)
+    expected[0, [2, 0]] = [2, -1]
+    np.testing.assert_array_equal(request.au, expected)
+    both = pipe.prepare(source, source, ["AU4=+2,AU1=-1", {"AU12": 3}])
+    assert both.au.shape == (2, 12) and both.au[1, 6] == 3
+
+
+def test_non_finite_au_names_the_unit(pipe):
+    au = np.zeros((2, 12), np.float32)
+    au[1, 6] = np.inf
+    with pytest.raises(MagicFaceError, match=r"\(in AU12\)"):
+        pipe.prepare(images(1, 0), images(1, 0), au)
+
+
+def test_from_pretrained_refuses_an_unknown_dtype_and_expands_tilde(converted, tmp_path, monkeypatch):
+    with pytest.raises(MagicFaceError, match=r"unknown compute dtype 'float16'.*float32, bfloat16"):
+        MagicFacePipeline.from_pretrained(converted, dtype="float16")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ckpt").symlink_to(converted)
+    pipe = MagicFacePipeline.from_pretrained("~/ckpt", mesh=data_mesh(jax.devices()[:1]))
+    assert pipe.config.vae.latent_channels == 4
 
 
 def test_out_of_range_variation_warns(pipe):

@@ -3,9 +3,11 @@ exit status 2, no output)."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +89,9 @@ def test_one_edit(capsys, converted, face, tmp_path):
     assert read(out).shape == (SIZE, SIZE, 3)
     assert "AU4=+4, AU1=+2" in stdout and f"wrote {out}" in stdout and "compiled" in stdout
     assert [p.name for p in out.parent.iterdir()] == ["edit.png"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # readable as the user's umask says
 
 
 def test_authors_flags_give_the_same_edit(capsys, converted, face, tmp_path):
@@ -112,7 +117,17 @@ def test_sweep_grid(capsys, converted, face, tmp_path):
     np.testing.assert_array_equal(grid[SIZE // 2 : SIZE, :SIZE], source[SIZE // 2 :])  # below the label
     columns = [grid[SIZE // 2 : SIZE, c * SIZE : (c + 1) * SIZE] for c in (1, 2)]
     assert not np.array_equal(*columns)  # the intensities differ
-    assert "compiled 1 program(s)" in stdout and "ran 4 edit(s)" in stdout  # one batch of 2 per row
+    assert "compiled 1 program(s)" in stdout and "ran 4 edit(s)" in stdout  # one edit per batch
+
+
+def test_sweep_rows_run_in_batches_of_batch_size(capsys, converted, face, tmp_path):
+    """A row of 3 runs as batches of 2 (the last padded), one program, and gives what batches of 1 give."""
+    single, batched = tmp_path / "single.png", tmp_path / "batched.png"
+    assert edit(capsys, converted, face, single, "--sweep", "AU12=-6:6:3")[0] == 0
+    code, stdout, err = edit(capsys, converted, face, batched, "--sweep", "AU12=-6:6:3", "--batch-size", "2")
+    assert code == 0, err
+    assert "compiled 1 program(s)" in stdout and "ran 3 edit(s)" in stdout
+    assert np.abs(read(single).astype(int) - read(batched).astype(int)).max() <= 2
 
 
 def test_edits_file(capsys, converted, face, tmp_path):
@@ -211,6 +226,12 @@ def _without(tmp_path: Path, converted: Path, missing: str) -> Path:
     return broken
 
 
+def _file(tmp_path: Path, name: str = "taken.png") -> Path:
+    path = tmp_path / name
+    path.write_text("an earlier result")
+    return path
+
+
 def _empty_component(tmp_path: Path, converted: Path) -> Path:
     broken = _without(tmp_path, converted, "denoiser")
     (broken / "denoiser").mkdir()
@@ -235,11 +256,16 @@ BAD_INPUTS = {
         lambda t, c, f: {"--background": _sized(t, 72, "bg72")},
         ["64x64", "72x72", "same size"],
     ),
-    "size not a multiple of 8": (
-        lambda t, c, f: {"--image": _sized(t, 60, "a60"), "--background": _sized(t, 60, "b60")},
-        ["60x60", "multiples of 8"],
+    "size not a multiple of the model's 64": (
+        lambda t, c, f: {"--image": _sized(t, 72, "a72"), "--background": _sized(t, 72, "b72")},
+        ["72x72", "multiples of 64"],
     ),
-    "steps < 1": (lambda t, c, f: {"--steps": "0"}, ["steps", "≥ 1"]),
+    "--size not a multiple of the model's 64": (
+        lambda t, c, f: {"--size": "96"},
+        ["--size is 96x96", "of 64"],
+    ),
+    "steps < 1": (lambda t, c, f: {"--steps": "0"}, ["num_inference_steps=0", "at least 1"]),
+    "steps past the schedule": (lambda t, c, f: {"--steps": "1001"}, ["num_inference_steps=1001", "(1000)"]),
     "steps not a number": (lambda t, c, f: {"--steps": "ten"}, ["--steps", "'ten'"]),
     "guidance < 0": (lambda t, c, f: {"--guidance": "-1"}, ["guidance", "≥ 0"]),
     "unknown sampler": (lambda t, c, f: {"--sampler": "plms"}, ["--sampler", "plms"]),
@@ -257,6 +283,27 @@ BAD_INPUTS = {
         ["denoiser", "convert it again"],
     ),
     "unknown output format": (lambda t, c, f: {"--out": t / "edit.xyz"}, ["unknown image format"]),
+    "output is a folder": (lambda t, c, f: {"--out": t}, ["is a folder", "give an image file name"]),
+    "output is the input image": (lambda t, c, f: {"--out": f[0]}, ["is the input", "00381.png"]),
+    "output is the background": (lambda t, c, f: {"--out": f[1]}, ["is the input", "00381_bg.png"]),
+    "output inside the checkpoint": (lambda t, c, f: {"--out": c / "edit.png"}, ["lies inside the input"]),
+    "output exists": (lambda t, c, f: {"--out": _file(t)}, ["already exists", "--overwrite"]),
+    "output under a file": (lambda t, c, f: {"--out": _file(t, "x") / "e.png"}, ["is a file, not a folder"]),
+    "checkpoint is a file": (lambda t, c, f: {"--checkpoint": _file(t)}, ["is a file", "magicface.json"]),
+    "sweep too long": (lambda t, c, f: {"--sweep": "AU12=-6:6:100000"}, ["100000", "at most 64"]),
+    "grid too large": (
+        lambda t, c, f: {"--sweep": "AU12=-6:6:64", "--size": "1024"},
+        ["65 tiles of 1024x1024", "--size"],
+    ),
+    "batch size 0": (
+        lambda t, c, f: {"--sweep": "AU12=0:1:2", "--batch-size": "0"},
+        ["batch size must be a whole number from 1 to", "got 0"],
+    ),
+    "batch size past the memory bound": (
+        lambda t, c, f: {"--sweep": "AU12=0:1:2", "--batch-size": "100000"},
+        ["16 per device", "got 100000"],
+    ),
+    "batch size of one edit": (lambda t, c, f: {"--batch-size": "2"}, ["--batch-size goes with"]),
     "bad sweep": (lambda t, c, f: {"--sweep": "AU12=-6:6"}, ["AU=start:stop:count"]),
     "authors' model flag": (lambda t, c, f: {"--denoising_unet_path": "x"}, ["convert_weights.py"]),
 }
@@ -290,6 +337,75 @@ def test_bad_edits_file_runs_nothing(capsys, converted, face, tmp_path):
     assert not (tmp_path / "ok.png").exists()
     code, _, err = call(capsys, "--checkpoint", converted, "--edits", edits, "--image", image)
     assert_one_line_error(code, err, "--edits", "--image")
+
+
+def _edits_file(folder: Path, face, outs: list[str]) -> Path:
+    image, background = face
+    edits = folder / "edits.jsonl"
+    edits.parent.mkdir(parents=True, exist_ok=True)
+    records = [{"image": str(image), "background": str(background), "au": "AU12=+2", "out": o} for o in outs]
+    edits.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return edits
+
+
+def test_edits_outputs_are_checked_before_any_work(capsys, converted, face, tmp_path):
+    edits = _edits_file(tmp_path, face, ["a.png", "b.png"])
+    _file(tmp_path, "b.png")
+    code, _, err = call(capsys, "--checkpoint", converted, "--edits", edits, *STEPS)
+    assert_one_line_error(code, err, f"{edits} line 2", "already exists", "--overwrite")
+    edits = _edits_file(tmp_path / "inside", face, [str(converted / "a.png")])
+    code, _, err = call(capsys, "--checkpoint", converted, "--edits", edits, *STEPS)
+    assert_one_line_error(code, err, f"{edits} line 1", "lies inside the input", str(converted))
+    assert not (tmp_path / "a.png").exists() and not (converted / "a.png").exists()
+
+
+def _failing_save(monkeypatch, fail_at: int) -> None:
+    """PIL's save fails with "disk full" at its `fail_at`-th call (from 1)."""
+    calls = []
+    original = Image.Image.save
+
+    def save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+
+
+def test_edits_late_write_failure_names_the_line_and_what_was_written(
+    capsys, converted, face, tmp_path, monkeypatch
+):
+    edits = _edits_file(tmp_path, face, ["a.png", "b.png", "c.png"])
+    _failing_save(monkeypatch, fail_at=2)
+    code, _, err = call(capsys, "--checkpoint", converted, "--edits", edits, *STEPS, "--batch-size", "2",
+                        "--no-progress")  # fmt: skip
+    assert_one_line_error(code, err, f"{edits} line 2", "No space left on device",
+                          f"1 image(s) were written before it: {tmp_path / 'a.png'}")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "edits.jsonl"]
+
+
+def test_late_write_failure_is_one_line(capsys, converted, face, tmp_path, monkeypatch):
+    _failing_save(monkeypatch, fail_at=1)
+    out = tmp_path / "edit.png"
+    code, _, err = edit(capsys, converted, face, out, "--au", "AU12=+2")
+    assert_one_line_error(code, err, f"cannot write {out}", "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_an_earlier_image(capsys, converted, face, tmp_path):
+    out = _file(tmp_path, "edit.png")
+    code, _, err = edit(capsys, converted, face, out, "--au", "AU12=+2", "--overwrite")
+    assert code == 0, err
+    assert read(out).shape == (SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize("limit", [1000, 3000])  # PIL refuses above twice its limit and warns above it
+def test_images_past_the_decompression_bomb_limit(capsys, converted, face, tmp_path, monkeypatch, limit):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)  # the 64x64 face has 4096 pixels
+    code, _, err = edit(capsys, converted, face, tmp_path / "edit.png", "--au", "AU12=+2")
+    assert_one_line_error(code, err, "00381.png", f"more pixels than PIL opens safely ({limit}")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------------- demo
@@ -330,6 +446,13 @@ def test_demo_checkpoint_is_replaced_when_stale_and_deterministic(demo_cache):
         assert jax.tree.structure(stored) == jax.tree.structure(expected[name])
         pairs = zip(jax.tree.leaves(stored), jax.tree.leaves(expected[name]), strict=True)
         assert all(np.array_equal(a, b) for a, b in pairs)
+
+
+def test_demo_size_is_checked_before_its_checkpoint_is_made(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    code, _, err = call(capsys, "--demo", "--size", "96", "--out", tmp_path / "demo.png")
+    assert_one_line_error(code, err, "--size is 96x96", "multiples of 64")
+    assert list(tmp_path.iterdir()) == []
 
 
 def _script(*argv, env=None) -> subprocess.CompletedProcess:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from magicface_jax import checkpoint
-from magicface_jax.atomic import atomic_directory, check_new_output
-from magicface_jax.config import AUTHORS_PROMPT, MagicFaceConfig, UNetConfig
+from magicface_jax import atomic, checkpoint
+from magicface_jax.config import AUTHORS_PROMPT, MagicFaceConfig, UNetConfig, VAEConfig
 from magicface_jax.convert.layouts import (
     Network,
     read_magicface,
@@ -42,6 +41,10 @@ AUTHORS_FOLDERS = {
     "vae": ("vae", "AutoencoderKL"),
 }
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+# Marks a folder written by `to_pytorch`, so that `overwrite` may replace it (and no other folder).
+EXPORT_MANIFEST = "magicface_export.json"
+EXPORT_FORMAT = "magicface-jax-pytorch-export/1"
+EARLIER_EXPORT = atomic.Manifest(EXPORT_MANIFEST, (EXPORT_FORMAT,))
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}
 
 Log = Callable[[str], None]
@@ -63,7 +66,17 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _check_pair(identity: UNetConfig, denoiser: UNetConfig) -> None:
+def _check_networks(identity: UNetConfig, denoiser: UNetConfig, vae: VAEConfig) -> None:
+    """The three networks fit together: both UNets work on the VAE's latents, with the same layout."""
+    latent = vae.latent_channels
+    channels = {"identity encoder": (identity, latent), "denoiser": (denoiser, 2 * latent)}
+    for what, (config, inputs) in channels.items():
+        if (config.in_channels, config.out_channels) != (inputs, latent):
+            raise MagicFaceError(
+                f"the {what} has in_channels={config.in_channels} and out_channels={config.out_channels}; "
+                f"with the VAE's {latent} latent channels it needs {inputs} and {latent}: "
+                "is this the right model?"
+            )
     as_encoder = denoiser.replace(
         in_channels=identity.in_channels, au_dim=0, sample_size=identity.sample_size
     )
@@ -84,15 +97,19 @@ def to_orbax(
     log: Log = print,
 ) -> checkpoint.CheckpointInfo:
     storage = _storage_dtype(dtype)
-    check_new_output(Path(out), overwrite)
+    sd = atomic.user_path(sd)
+    magicface = None if magicface is None else atomic.user_path(magicface)
+    tokenizer = None if tokenizer is None else atomic.user_path(tokenizer)
+    inputs = (sd, magicface, tokenizer)
+    out = checkpoint.check_output(out, overwrite, inputs)
     stable_diffusion = read_sd(sd, tokenizer)
     if magicface is not None:
-        identity, denoiser = read_magicface(magicface)
+        identity, denoiser = read_magicface(magicface, stable_diffusion.vae.config.latent_channels)
         origin = {"magicface": str(magicface)}
     else:
         identity, denoiser = stable_diffusion.unet, sd_initialised_denoiser(stable_diffusion.unet)
         origin = {"initialised_from_sd": True}
-    _check_pair(identity.config, denoiser.config)
+    _check_networks(identity.config, denoiser.config, stable_diffusion.vae.config)
     networks: dict[str, Network] = {
         "identity_encoder": identity,
         "denoiser": denoiser,
@@ -115,7 +132,7 @@ def to_orbax(
         param_dtype=dtype,
         source={"sd": str(sd), "sd_layout": stable_diffusion.kind, **origin},
     )
-    with checkpoint.writing_checkpoint(out, overwrite) as writer:
+    with checkpoint.writing_checkpoint(out, overwrite, inputs) as writer:
         for name, net in networks.items():
             params = to_flax_params(net.source, tables[name], name.replace("_", " "), storage)
             count = sum(a.size for _, a in leaves(params))
@@ -137,13 +154,18 @@ def to_pytorch(
     log: Log = print,
 ) -> None:
     """Writes `ID_enc/`, `denoising_unet/`, `vae/` (diffusers folders: config.json + safetensors), plus
-    `scheduler/scheduler_config.json` and `prompt_embeds.safetensors`. Tensors are converted and written
+    `scheduler/scheduler_config.json`, `prompt_embeds.safetensors` and `magicface_export.json` (which marks
+    the folder as an export that `overwrite` may replace). Tensors are converted and written
     one at a time."""
-    out = Path(out)
-    check_new_output(out, overwrite)
+    checkpoint_dir = atomic.user_path(checkpoint_dir)
+    out = atomic.check_output(
+        out, (checkpoint_dir,), overwrite=overwrite, folder=True, manifest=EARLIER_EXPORT
+    )
     info = checkpoint.read_info(checkpoint_dir)
     storage = np.dtype(_storage_dtype(dtype or info.param_dtype))
-    with atomic_directory(out, overwrite) as partial:
+    with atomic.atomic_directory(
+        out, overwrite, manifest=EARLIER_EXPORT, inputs=(checkpoint_dir,)
+    ) as partial:
         for name, (folder, class_name) in AUTHORS_FOLDERS.items():
             net_config = getattr(info.config, name)
             rows = {row.torch_key: row for row in network_table(net_config)}
@@ -169,4 +191,6 @@ def to_pytorch(
             lambda _: prompt,
             metadata={"format": "pt"},
         )
+        export = {"format": EXPORT_FORMAT, "checkpoint": str(checkpoint_dir)}
+        (partial / EXPORT_MANIFEST).write_text(json.dumps(export, indent=2))
     log(f"wrote {out}; peak memory {peak_memory_bytes() / 2**30:.2f} GiB")

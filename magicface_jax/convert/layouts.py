@@ -233,8 +233,9 @@ def _single_file_token_ids(prompt: str, tokenizer: str | Path | None) -> list[in
 # ------------------------------------------------------------------------------------ MagicFace release
 
 
-def read_magicface(path: str | Path) -> tuple[Network, Network]:
-    """The authors' release folder: `ID_enc/` (identity encoder) and `denoising_unet/` (denoiser)."""
+def read_magicface(path: str | Path, latent_channels: int) -> tuple[Network, Network]:
+    """The authors' release folder: `ID_enc/` (identity encoder) and `denoising_unet/` (denoiser), for a
+    VAE of `latent_channels`."""
     path = Path(path)
     if not path.is_dir():
         raise MagicFaceError(
@@ -250,9 +251,10 @@ def read_magicface(path: str | Path) -> tuple[Network, Network]:
     au_key = f"{AU_EMBED_NAME}.weight"
     if au_key not in denoiser.keys():
         raise MagicFaceError(f"{path / 'denoising_unet'} has no {au_key}: it is not a MagicFace denoiser")
+    # The denoiser's input is the noisy latents and the background latents, whatever config.json says; the
+    # shape check then names conv_in.weight if its weights take anything else.
     denoiser_unet = UNetConfig.from_diffusers(denoiser_config).replace(
-        in_channels=denoiser.shape("conv_in.weight")[1],  # the weights, not config.json, are authoritative
-        au_dim=denoiser.shape(au_key)[1],
+        in_channels=2 * latent_channels, au_dim=denoiser.shape(au_key)[1]
     )
     return (
         Network(UNetConfig.from_diffusers(encoder_config), encoder),

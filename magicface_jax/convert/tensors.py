@@ -1,5 +1,6 @@
 """Moving one network's tensors through the name table, with every check the table makes possible:
-each source tensor is used exactly once, every parameter is filled, every shape is what the model expects.
+each source tensor is used exactly once, every parameter is filled, every shape is what the model expects,
+and every value is finite.
 """
 
 from __future__ import annotations
@@ -49,8 +50,18 @@ def to_flax_params(source: TensorSource, rows: Sequence[Row], what: str, dtype=n
     params: dict = {}
     for row in rows:
         array = np.ascontiguousarray(to_flax(row.kind, source.get(row.torch_key)), dtype=dtype)
+        check_finite(array, f"{source.name}: {row.torch_key}")
         set_path(params, row.flax_path, array)
     return params
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise MagicFaceError(
+            f"{what} has {bad} non-finite values (NaN or Inf) of {array.size}: the weights are damaged or "
+            "diverged; convert from an intact copy"
+        )
 
 
 def check_flax_params(params: Mapping, rows: Sequence[Row]) -> None:
@@ -74,4 +85,5 @@ def _flax_value(params: Mapping, row: Row) -> np.ndarray:
 def to_torch_array(params: Mapping, row: Row, dtype=None) -> np.ndarray:
     """One parameter of a Flax tree in PyTorch layout (the state-dict tensor of `row.torch_key`)."""
     value = np.asarray(_flax_value(params, row))
+    check_finite(value, "/".join(row.flax_path))
     return np.ascontiguousarray(to_torch(row.kind, value), dtype=dtype or value.dtype)

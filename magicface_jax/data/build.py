@@ -7,12 +7,14 @@ python -m magicface_jax.data.build magicface_pairs --images FRAMES --labels LABE
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from magicface_jax import cli
+from magicface_jax import atomic, cli
 from magicface_jax.cli import run
 from magicface_jax.data import pairing
 from magicface_jax.data.magicface_pairs import REPORT_NAME, MagicfacePairs, MagicfacePairsConfig, PairsSpec
@@ -85,13 +87,41 @@ def _builder(args: argparse.Namespace):
     )
 
 
+def _check_output(builder, args: argparse.Namespace) -> Path:
+    """The dataset's own folder (DATA_DIR/NAME/CONFIG/VERSION), checked against the inputs and for being
+    creatable before any work: the data dir itself may hold other datasets and the inputs."""
+    output = Path(builder.data_dir)
+    inputs = (args.images, args.labels) if args.dataset == "magicface_pairs" else ()
+    atomic.check_not_an_input(output, inputs)
+    atomic.check_location(output)
+    return output
+
+
+def remove_incomplete(output: Path) -> list[Path]:
+    """Removes the partial folders tensorflow-datasets left beside `output` when a build of it was killed
+    (call it holding `atomic.exclusive(output)`)."""
+    pattern = re.compile(rf"^incomplete\.[A-Z0-9]{{6}}_{re.escape(output.name)}$")
+    leftovers = [entry for entry in output.parent.iterdir() if pattern.match(entry.name)]
+    for entry in leftovers:
+        shutil.rmtree(entry, ignore_errors=True)
+    return leftovers
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.workers < 1:
         raise MagicFaceError(f"--workers must be at least 1, got {args.workers}")
+    for name in ("data_dir", "images", "labels"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, str(atomic.user_path(getattr(args, name))))
     builder = _builder(args)
+    output = _check_output(builder, args)
     start = time.perf_counter()
-    builder.download_and_prepare()
+    atomic.make_folder(output.parent)
+    with atomic.exclusive(output):
+        for leftover in remove_incomplete(output):
+            print(f"removed {leftover}, left by an interrupted build")
+        builder.download_and_prepare()
     seconds = time.perf_counter() - start
     splits = ", ".join(f"{name} {info.num_examples}" for name, info in sorted(builder.info.splits.items()))
     print(f"{builder.info.full_name}: {splits} examples in {seconds:.1f} s -> {builder.data_dir}")

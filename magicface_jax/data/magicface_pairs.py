@@ -23,13 +23,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from magicface_jax.atomic import atomic_file
+from magicface_jax.config import SD15_SIZE_MULTIPLE
 from magicface_jax.data import features, pairing
 from magicface_jax.data.labels import LabelledImage, read_labels
 from magicface_jax.data.png import encode_png
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces.detect import require_face_dependencies
 from magicface_jax.faces.preprocess import NoFaceError, preprocess_image
-from magicface_jax.images import load_image
+from magicface_jax.images import check_image_size, load_image
 
 REPORT_NAME = "build_report.json"
 MASKS = ("person", "face")
@@ -53,10 +54,7 @@ class PairsSpec:
     pairing: pairing.PairingConfig = dataclasses.field(default_factory=pairing.PairingConfig)
 
     def __post_init__(self):
-        if self.resolution < 64 or self.resolution % 64:
-            raise MagicFaceError(
-                f"resolution {self.resolution}: use a multiple of 64 (MagicFace was trained at 512)"
-            )
+        check_image_size(self.resolution, self.resolution, SD15_SIZE_MULTIPLE, "resolution")
         if self.mask not in MASKS:
             raise MagicFaceError(f"mask {self.mask!r}: use one of {', '.join(MASKS)}")
 
@@ -190,7 +188,7 @@ class BuildReport:
 
     def write(self, directory: Path) -> Path:
         path = Path(directory) / REPORT_NAME
-        with atomic_file(path) as partial:
+        with atomic_file(path, overwrite=True) as partial:
             partial.write_text(json.dumps(self.as_dict(), indent=1) + "\n")
         return path
 

@@ -1,9 +1,17 @@
 """Noise schedule, training targets and samplers (UniPC, DDIM, DPM-Solver++, Euler) as pure functions."""
 
+from magicface_jax.diffusion._common import check_steps
 from magicface_jax.diffusion.ddim import DDIMSampler, DDIMState, ddim_sampler
 from magicface_jax.diffusion.dpm_solver import DPMSolverSampler, DPMSolverState, dpm_solver_sampler
 from magicface_jax.diffusion.euler import EulerSampler, EulerState, euler_sampler
-from magicface_jax.diffusion.sampling import SAMPLERS, Sampler, SamplerState, make_sampler, sample_loop
+from magicface_jax.diffusion.sampling import (
+    SAMPLERS,
+    Sampler,
+    SamplerState,
+    check_sampler,
+    make_sampler,
+    sample_loop,
+)
 from magicface_jax.diffusion.schedule import (
     SD15_SCHEDULER_CONFIG,
     NoiseSchedule,
@@ -28,6 +36,8 @@ __all__ = [
     "UniPCSampler",
     "UniPCState",
     "add_noise",
+    "check_sampler",
+    "check_steps",
     "ddim_sampler",
     "dpm_solver_sampler",
     "euler_sampler",

@@ -18,15 +18,18 @@ FINAL_SIGMAS_TYPES = ("sigma_min", "zero")
 STATE_DTYPE = jnp.float32
 
 
-def check_steps(schedule: NoiseSchedule, num_inference_steps: int) -> int:
-    """The number of steps as an int, or a clear error."""
+def check_steps(num_inference_steps: object, num_train_timesteps: int | None = None) -> int:
+    """The number of sampling steps as an int, or a clear error: the one check of a step count, at the edge
+    (where the schedule may not be known yet) and again when a sampler is built."""
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int | np.integer):
         raise MagicFaceError(f"num_inference_steps={num_inference_steps!r}: expected an integer")
     n = int(num_inference_steps)
-    if not 1 <= n <= schedule.num_train_timesteps:
+    if num_train_timesteps is None and n < 1:
+        raise MagicFaceError(f"num_inference_steps={n}: expected at least 1")
+    if num_train_timesteps is not None and not 1 <= n <= num_train_timesteps:
         raise MagicFaceError(
             f"num_inference_steps={n}: expected between 1 and the schedule's "
-            f"num_train_timesteps ({schedule.num_train_timesteps})"
+            f"num_train_timesteps ({num_train_timesteps})"
         )
     return n
 

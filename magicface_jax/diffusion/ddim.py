@@ -69,7 +69,7 @@ class DDIMSampler:
 
 def ddim_sampler(schedule: NoiseSchedule, num_inference_steps: int, *, eta: float = 0.0) -> DDIMSampler:
     """DDIM as diffusers' `DDIMScheduler.step(..., eta=eta)` computes it, without clipping."""
-    n = c.check_steps(schedule, num_inference_steps)
+    n = c.check_steps(num_inference_steps, schedule.num_train_timesteps)
     if not 0.0 <= eta <= 1.0:
         raise MagicFaceError(f"eta={eta!r}: expected 0 (deterministic DDIM) to 1 (DDPM-like)")
     timesteps = c.single_timesteps(schedule, n, c.spacing(schedule, "leading")).round().astype(np.int64)

@@ -71,7 +71,7 @@ def dpm_solver_sampler(
     final_sigmas_type: str = "zero",
 ) -> DPMSolverSampler:
     """DPM-Solver++ as diffusers computes it with the same options (orders 1 and 2)."""
-    n = c.check_steps(schedule, num_inference_steps)
+    n = c.check_steps(num_inference_steps, schedule.num_train_timesteps)
     if isinstance(solver_order, bool) or solver_order not in (1, 2):
         raise MagicFaceError(f"solver_order={solver_order!r}: DPM-Solver++ supports orders 1 and 2 here")
     c.check_choice("solver_type", solver_type, SOLVER_TYPES)

@@ -54,7 +54,7 @@ def euler_sampler(
     schedule: NoiseSchedule, num_inference_steps: int, *, final_sigmas_type: str = "zero"
 ) -> EulerSampler:
     """Euler as diffusers' `EulerDiscreteScheduler` computes it with the same options."""
-    n = c.check_steps(schedule, num_inference_steps)
+    n = c.check_steps(num_inference_steps, schedule.num_train_timesteps)
     spacing = c.spacing(schedule, "linspace")
     # diffusers holds these timesteps in float32 and interpolates σ at the rounded values.
     timesteps = c.single_timesteps(schedule, n, spacing).astype(np.float32).astype(np.float64)

@@ -62,6 +62,13 @@ class Sampler(Protocol):
         ...
 
 
+def check_sampler(name: object) -> str:
+    """A sampler's name, or a clear error: the one check of it, at the edge and when a sampler is built."""
+    if not isinstance(name, str) or name not in _BUILDERS:
+        raise MagicFaceError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+    return name
+
+
 def make_sampler(name: str, schedule: NoiseSchedule, num_inference_steps: int, **options: Any) -> Sampler:
     """Build sampler `name` ("unipc", "ddim", "dpm++", "euler") for `num_inference_steps` steps.
 
@@ -69,9 +76,7 @@ def make_sampler(name: str, schedule: NoiseSchedule, num_inference_steps: int, *
     `euler_sampler`); the defaults reproduce diffusers' `<Scheduler>.from_config(schedule.to_dict())`,
     except UniPC's final noise level, which follows the diffusers version MagicFace was released with.
     """
-    builder = _BUILDERS.get(name)
-    if builder is None:
-        raise MagicFaceError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+    builder = _BUILDERS[check_sampler(name)]
     allowed = [p.name for p in inspect.signature(builder).parameters.values() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(allowed))
     if unknown:

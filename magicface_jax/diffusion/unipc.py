@@ -102,7 +102,7 @@ def unipc_sampler(
     `disable_corrector` lists steps k whose result is not corrected (the corrector runs at the start of
     step k + 1), as in diffusers. `final_sigmas_type`: see the module docstring.
     """
-    n = c.check_steps(schedule, num_inference_steps)
+    n = c.check_steps(num_inference_steps, schedule.num_train_timesteps)
     c.check_choice("final_sigmas_type", final_sigmas_type, c.FINAL_SIGMAS_TYPES)
     c.check_choice("solver_type", solver_type, SOLVER_TYPES)
     if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from magicface_jax.diffusion import SAMPLERS
+from magicface_jax import atomic
+from magicface_jax.diffusion import check_sampler, check_steps
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import aus
 from magicface_jax.faces import preprocess as faces
-from magicface_jax.images import check_latent_size, load_image
-from magicface_jax.pipeline import DEFAULT_GUIDANCE
+from magicface_jax.images import check_image_size, load_image
+from magicface_jax.pipeline import DEFAULT_GUIDANCE, check_guidance
 
-MAX_SEED = 2**32 - 1
 NO_BACKGROUND_HINT = (
     "install the face preprocessing (pip install 'magicface-jax[faces]'), which computes it from the "
     "face, or make one with python -m magicface_jax.preprocess --image PHOTO --out DIR on a machine that "
@@ -33,21 +34,9 @@ class EditSettings:
     sampler: str = "unipc"
 
     def __post_init__(self):
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise MagicFaceError(f"steps must be a whole number ≥ 1, got {self.steps!r}")
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise MagicFaceError(
-                f"guidance must be ≥ 0, got {self.guidance!r} "
-                "(3.0 is the paper's best, 1.5 the authors' script's)"
-            )
-        if self.sampler not in SAMPLERS:
-            raise MagicFaceError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
-
-
-def check_seed(seed: object, where: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise MagicFaceError(f"{where} must be a whole number in 0..{MAX_SEED}, got {seed!r}")
-    return seed
+        check_steps(self.steps)
+        check_guidance(self.guidance)
+        check_sampler(self.sampler)
 
 
 def resolve_edit(
@@ -71,24 +60,25 @@ def format_edit(edit: dict[str, float]) -> str:
     return ", ".join(f"{name}={value:+g}" for name, value in edit.items()) or "no AU change"
 
 
-def check_output(path: str | Path, inputs: tuple[Path | None, ...] = ()) -> Path:
-    """An output image path whose format is known from its suffix and which is none of the inputs."""
-    path = Path(path)
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise MagicFaceError(f"cannot write {path}: unknown image format {path.suffix!r}; use .png or .jpg")
+def check_output(
+    path: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
+    overwrite: bool = False,
+) -> Path:
+    """An output image path (see `atomic.check_output`: not an input, not existing unless `overwrite`) whose
+    format is known from its suffix."""
+    path = atomic.user_path(path)
     if path.is_dir():
         raise MagicFaceError(f"output {path} is a folder: give an image file name, e.g. {path / 'edit.png'}")
-    for source in inputs:
-        if source is not None and path.resolve() == Path(source).resolve():
-            raise MagicFaceError(f"output {path} is one of the input images: choose another output path")
-    return path
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise MagicFaceError(f"cannot write {path}: unknown image format {path.suffix!r}; use .png or .jpg")
+    return atomic.check_output(path, inputs, overwrite=overwrite)
 
 
-def check_size(size: int | None) -> int | None:
-    if size is not None and (size < 8 or size % 8):
-        raise MagicFaceError(
-            f"size {size} is not a multiple of 8 of at least 8 (MagicFace was trained at 512)"
-        )
+def check_size(size: int | None, multiple: int) -> int | None:
+    """`--size`, checked by the image-size rule of a model whose sides must be multiples of `multiple`."""
+    if size is not None:
+        check_image_size(size, size, multiple, "--size")
     return size
 
 
@@ -126,11 +116,12 @@ def prepare_images(
     source: np.ndarray,
     background: np.ndarray | None,
     *,
-    factor: int,
+    multiple: int,
     size: int | None = None,
     mask: str = "person",
 ) -> EditImages:
-    """Checks a source and background (computing the background when None), resizes both to `size`."""
+    """Checks a source and background (computing the background when None), resizes both to `size`;
+    sides must be multiples of `multiple` (`MagicFaceConfig.size_multiple`)."""
     notes: list[str] = []
     if background is None:
         background, notes = compute_background(source, mask)
@@ -144,7 +135,7 @@ def prepare_images(
             resize_square(source, size, "image"),
             resize_square(background, size, "background"),
         )
-    check_latent_size(source[None], factor, "image")
+    check_image_size(*source.shape[:2], multiple, "image")
     return EditImages(source, background, notes)
 
 
@@ -152,7 +143,7 @@ def load_images(
     image: str | Path,
     background: str | Path | None,
     *,
-    factor: int,
+    multiple: int,
     size: int | None = None,
     mask: str = "person",
 ) -> EditImages:
@@ -160,7 +151,7 @@ def load_images(
     return prepare_images(
         load_image(image),
         None if background is None else load_image(background),
-        factor=factor,
+        multiple=multiple,
         size=size,
         mask=mask,
     )

@@ -24,14 +24,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from magicface_jax.editing.inputs import EditImages, check_output, check_seed, prepare_images
-from magicface_jax.editing.runner import Editor
+from magicface_jax.editing.inputs import EditImages, check_output, prepare_images
+from magicface_jax.editing.runner import Editor, batch_shape
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import aus
 from magicface_jax.images import load_image, save_image
+from magicface_jax.pipeline import check_seed
 
 FIELDS = ("image", "background", "au", "out", "seed")
 REQUIRED = ("image", "au", "out")
+LISTED_WRITTEN = 20  # outputs named in the error of a run that stopped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,7 @@ def _at(path: Path, number: int) -> Iterator[None]:
 def _path(value: object, field: str, folder: Path) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise MagicFaceError(f'"{field}" must be a file path (a non-empty string), got {value!r}')
-    return folder / value
+    return folder / Path(value).expanduser()
 
 
 def _edit(value: object) -> dict[str, float]:
@@ -83,7 +85,15 @@ def _edit(value: object) -> dict[str, float]:
     return edit
 
 
-def parse_line(text: str, number: int, folder: Path, default_seed: int) -> EditLine:
+def parse_line(
+    text: str,
+    number: int,
+    folder: Path,
+    default_seed: int,
+    overwrite: bool = False,
+    inputs: Sequence[Path | None] = (),
+) -> EditLine:
+    """One line's edit; `inputs`: the run's other inputs (the checkpoint), which no output may touch."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
@@ -96,20 +106,25 @@ def parse_line(text: str, number: int, folder: Path, default_seed: int) -> EditL
     missing = [field for field in REQUIRED if field not in record]
     if missing:
         raise MagicFaceError(f"missing field(s) {', '.join(missing)}")
+    image = _path(record["image"], "image", folder)
     background = record.get("background")
+    background = None if background is None else _path(background, "background", folder)
     return EditLine(
         number=number,
-        image=_path(record["image"], "image", folder),
-        background=None if background is None else _path(background, "background", folder),
+        image=image,
+        background=background,
         edit=_edit(record["au"]),
-        out=check_output(_path(record["out"], "out", folder)),
+        out=check_output(_path(record["out"], "out", folder), (image, background, *inputs), overwrite),
         seed=check_seed(record.get("seed", default_seed), '"seed"'),
     )
 
 
-def read_edits(path: str | Path, default_seed: int) -> list[EditLine]:
-    """Every edit of a JSONL file; any bad line raises `MagicFaceError` naming its line number."""
-    path = Path(path)
+def read_edits(
+    path: str | Path, default_seed: int, overwrite: bool = False, inputs: Sequence[Path | None] = ()
+) -> list[EditLine]:
+    """Every edit of a JSONL file; any bad line raises `MagicFaceError` naming its line number. An output
+    that exists already is refused unless `overwrite`; `inputs`: the run's other inputs (the checkpoint)."""
+    path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -120,7 +135,7 @@ def read_edits(path: str | Path, default_seed: int) -> list[EditLine]:
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             with _at(path, number):
-                lines.append(parse_line(line, number, path.parent, default_seed))
+                lines.append(parse_line(line, number, path.parent, default_seed, overwrite, (path, *inputs)))
     if not lines:
         raise MagicFaceError(f"edits file {path} has no edits: write one JSON object per line")
     _check_outputs(path, lines)
@@ -142,7 +157,12 @@ def _check_outputs(path: Path, lines: Sequence[EditLine]) -> None:
 
 
 def load_edit_images(
-    path: str | Path, lines: Sequence[EditLine], *, factor: int, size: int | None = None, mask: str = "person"
+    path: str | Path,
+    lines: Sequence[EditLine],
+    *,
+    multiple: int,
+    size: int | None = None,
+    mask: str = "person",
 ) -> tuple[list[EditImages], list[str]]:
     """Every line's images, read and checked (backgrounds computed where missing), and their notes.
     An image used by several lines is read once."""
@@ -157,7 +177,9 @@ def load_edit_images(
                     if file is not None and file.resolve() not in files:
                         files[file.resolve()] = load_image(file)
                 background = None if key[1] is None else files[key[1]]
-                prepared[key] = prepare_images(files[key[0]], background, factor=factor, size=size, mask=mask)
+                prepared[key] = prepare_images(
+                    files[key[0]], background, multiple=multiple, size=size, mask=mask
+                )
                 notes += [f"{path} line {line.number}: {note}" for note in prepared[key].notes]
         images.append(prepared[key])
     return images, notes
@@ -171,22 +193,33 @@ def plan_batches(
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, pair in enumerate(images):
         groups.setdefault(pair.source.shape, []).append(index)
-    batch_size = -(-batch_size // num_devices) * num_devices
     plan = []
     for indices in groups.values():
-        size = min(batch_size, -(-len(indices) // num_devices) * num_devices)
+        size = batch_shape(len(indices), batch_size, num_devices)
         plan += [(indices[i : i + size], size) for i in range(0, len(indices), size)]
     return plan
 
 
+def _written(paths: Sequence[Path]) -> str:
+    if not paths:
+        return "nothing was written"
+    listed = ", ".join(map(str, paths[:LISTED_WRITTEN]))
+    more = f" and {len(paths) - LISTED_WRITTEN} more" if len(paths) > LISTED_WRITTEN else ""
+    return f"{len(paths)} image(s) were written before it: {listed}{more}"
+
+
 def run_edits(
     editor: Editor,
+    path: str | Path,
     lines: Sequence[EditLine],
     images: Sequence[EditImages],
     batch_size: int,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> None:
-    """Runs every edit in batches and writes each output (atomically) as soon as its batch is done."""
+    """Runs every edit in batches and writes each output (atomically) as soon as its batch is done. A write
+    that fails stops the run with an error naming the line and listing what was written before it."""
+    written: list[Path] = []
     with tqdm(total=len(lines), unit="edit", disable=not progress) as bar:
         for indices, size in plan_batches(images, batch_size, editor.num_devices):
             padded = indices + [indices[-1]] * (size - len(indices))
@@ -198,5 +231,11 @@ def run_edits(
                 np.stack([editor.noise(lines[i].seed, height, width) for i in padded]),
             )
             for i, image in zip(indices, result, strict=False):
-                save_image(image, lines[i].out)
+                try:
+                    save_image(image, lines[i].out, overwrite)
+                except MagicFaceError as err:
+                    raise MagicFaceError(
+                        f"{path} line {lines[i].number}: {err}; {_written(written)}"
+                    ) from None
+                written.append(lines[i].out)
             bar.update(len(indices))

@@ -8,13 +8,36 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from magicface_jax.editing.inputs import EditSettings
+from magicface_jax.errors import MagicFaceError
 from magicface_jax.images import to_uint8
 from magicface_jax.parallel.mesh import to_host
-from magicface_jax.pipeline import MagicFacePipeline
+from magicface_jax.pipeline import MagicFacePipeline, initial_noise
+
+# Edits per device in one batch: SD1.5 at 512² with guidance stays within an accelerator's memory.
+MAX_BATCH_PER_DEVICE = 16
+
+
+def check_batch_size(batch_size: object, num_devices: int) -> int | None:
+    """Edits per batch, at most `MAX_BATCH_PER_DEVICE` per device; None (one per device) stays None."""
+    if batch_size is None:
+        return None
+    most = MAX_BATCH_PER_DEVICE * num_devices
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= most:
+        raise MagicFaceError(
+            f"batch size must be a whole number from 1 to {most} ({MAX_BATCH_PER_DEVICE} per device on "
+            f"{num_devices} device(s)), got {batch_size!r}"
+        )
+    return batch_size
+
+
+def batch_shape(count: int, batch_size: int, num_devices: int) -> int:
+    """The batch size that `count` edits of one image size run at: `batch_size` rounded up to a multiple of
+    the device count, or fewer when fewer edits are left (a short last batch is padded to it)."""
+    per_batch = -(-batch_size // num_devices) * num_devices
+    return min(per_batch, -(-count // num_devices) * num_devices)
 
 
 @dataclasses.dataclass
@@ -42,9 +65,7 @@ class Editor:
     def noise(self, seed: int, height: int, width: int) -> np.ndarray:
         """The initial noise (h, w, C) of one edit of a height × width image: what the pipeline draws for a
         single edit with this seed, so an edit gives the same result alone, in a batch or in a sweep."""
-        vae = self.pipe.config.vae
-        shape = (1, height // vae.downsample_factor, width // vae.downsample_factor, vae.latent_channels)
-        return np.asarray(jax.random.normal(jax.random.key(seed), shape, jnp.float32))[0]
+        return initial_noise(self.pipe.config.vae, seed, 1, height, width)[0]
 
     def __call__(
         self, sources: np.ndarray, backgrounds: np.ndarray, au: np.ndarray, noise: np.ndarray

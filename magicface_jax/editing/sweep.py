@@ -13,9 +13,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from magicface_jax.editing.inputs import EditImages, format_edit
-from magicface_jax.editing.runner import Editor
+from magicface_jax.editing.runner import Editor, batch_shape
+from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import aus
 
+MAX_VALUES = 64  # intensities of one sweep: columns of the grid
+MAX_GRID_PIXELS = 2**26  # the whole grid: 256 tiles of 512², 192 MiB as uint8 RGB
 EMPTY_TILE = (40, 40, 40)
 _BAND = (0, 0, 0, 170)
 _TEXT = (255, 255, 255, 255)
@@ -29,7 +32,7 @@ class Sweep:
     @classmethod
     def parse(cls, spec: str) -> Sweep:
         """'AU12=-6:6:7' -> AU12 at -6, -4, ..., 6 (start:stop:count, both ends included)."""
-        return cls(*aus.parse_sweep(spec))
+        return cls(*aus.parse_sweep(spec, MAX_VALUES))
 
     def vectors(self, base: Mapping[str, float]) -> np.ndarray:
         """(count, 12) AU variations: the base edit with this AU set to each value."""
@@ -41,18 +44,41 @@ class Sweep:
         return [f"{self.au} {value:+.3g}" for value in self.values]
 
 
+def check_grid(sweeps: Sequence[Sweep], height: int, width: int) -> None:
+    """The grid of these sweeps of a height × width face fits `MAX_GRID_PIXELS`."""
+    columns = 1 + max(len(sweep.values) for sweep in sweeps)
+    pixels = len(sweeps) * columns * height * width
+    if pixels > MAX_GRID_PIXELS:
+        raise MagicFaceError(
+            f"a grid of {len(sweeps)} row(s) by {columns} tiles of {width}x{height} has {pixels} pixels, "
+            f"more than the {MAX_GRID_PIXELS} one grid may hold: sweep fewer intensities or rows, or pass "
+            "a smaller --size"
+        )
+
+
 def run_sweeps(
-    editor: Editor, images: EditImages, sweeps: Sequence[Sweep], base: Mapping[str, float], seed: int
+    editor: Editor,
+    images: EditImages,
+    sweeps: Sequence[Sweep],
+    base: Mapping[str, float],
+    seed: int,
+    batch_size: int,
 ) -> list[np.ndarray]:
-    """One uint8 (count, H, W, 3) array of edited images per sweep, each sweep one batch."""
+    """One uint8 (count, H, W, 3) array of edited images per sweep, in batches of `batch_size` (see
+    `runner.batch_shape`); every column starts from the same noise."""
     height, width = images.source.shape[:2]
     noise = editor.noise(seed, height, width)
     rows = []
     for sweep in sweeps:
-        count = len(sweep.values)
-        rows.append(
-            editor(images.source, images.background, sweep.vectors(base), np.repeat(noise[None], count, 0))
-        )
+        vectors = sweep.vectors(base)
+        size = batch_shape(len(vectors), batch_size, editor.num_devices)
+        parts = []
+        for start in range(0, len(vectors), size):
+            chunk = vectors[start : start + size]
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+            result = editor(images.source, images.background, padded, np.repeat(noise[None], size, 0))
+            parts.append(result[: len(chunk)])
+        rows.append(np.concatenate(parts))
     return rows
 
 

@@ -122,8 +122,9 @@ def parse_authors_edit(aus: str, variations: str) -> dict[str, float]:
     return parse_edit(",".join(f"{n}={v}" for n, v in zip(names, values, strict=True)))
 
 
-def parse_sweep(spec: str) -> tuple[str, np.ndarray]:
-    """'AU12=-6:6:7' -> ('AU12', [-6, -4, ..., 6]): `start:stop:count`, both ends included."""
+def parse_sweep(spec: str, max_count: int | None = None) -> tuple[str, np.ndarray]:
+    """'AU12=-6:6:7' -> ('AU12', [-6, -4, ..., 6]): `start:stop:count`, both ends included; a count above
+    `max_count` is refused before anything is allocated."""
     name, sep, rng = spec.partition("=")
     parts = rng.split(":")
     if not sep or len(parts) != 3:
@@ -133,6 +134,10 @@ def parse_sweep(spec: str) -> tuple[str, np.ndarray]:
     count = _parse_number(parts[2], f"sweep count of {au}")
     if count < 1 or count != int(count):
         raise MagicFaceError(f"sweep {spec!r}: the count must be a whole number ≥ 1")
+    if max_count is not None and count > max_count:
+        raise MagicFaceError(
+            f"sweep {spec!r} asks for {count:g} intensities; at most {max_count} fit one grid"
+        )
     return au, np.linspace(start, stop, int(count), dtype=np.float32)
 
 

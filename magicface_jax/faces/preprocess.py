@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from magicface_jax.config import SD15_SIZE_MULTIPLE
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import crop as crop_lib
+from magicface_jax.faces import person_model
 from magicface_jax.faces.detect import (
     FaceDependencyError,
     is_available,
@@ -25,7 +27,7 @@ from magicface_jax.faces.detect import (
 )
 from magicface_jax.faces.jaw_dots import add_layer, jaw_dot_layer
 from magicface_jax.faces.segment import MASK_KINDS, segment
-from magicface_jax.images import ImageLike, as_rgb_uint8
+from magicface_jax.images import ImageLike, as_rgb_uint8, check_image_size
 
 __all__ = [
     "FaceDependencyError",
@@ -36,7 +38,6 @@ __all__ = [
     "preprocess_image",
 ]
 
-MIN_SIZE = 64
 # A crop that enlarges the photo more than this looks soft: say so.
 _MAX_UPSCALE = 2.0
 # A crop on a square this big or bigger lets dlib find the face again in `build_background`.
@@ -59,13 +60,7 @@ class Preprocessed:
 
 
 def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int | np.integer):
-        raise MagicFaceError(f"size must be a whole number of pixels, got {size!r}")
-    if size < MIN_SIZE or size % 64:
-        raise MagicFaceError(
-            f"size {size} is not a multiple of 64 of at least {MIN_SIZE}: the model works on 64-pixel "
-            "multiples (MagicFace was trained at 512)"
-        )
+    check_image_size(size, size, SD15_SIZE_MULTIPLE, "size")
     return int(size)
 
 
@@ -73,6 +68,15 @@ def _check_mask(mask: str) -> str:
     if mask not in MASK_KINDS:
         raise MagicFaceError(f"mask {mask!r} is not one of {', '.join(MASK_KINDS)}")
     return mask
+
+
+def _segmentation_notes(mask: str) -> list[str]:
+    if mask == "person" and not person_model.is_installed():
+        return [
+            "no person segmentation model is installed (python -m magicface_jax.faces.person_model installs "
+            "it): GrabCut cut out the person and may miss light hair"
+        ]
+    return []
 
 
 def _condition(
@@ -90,9 +94,9 @@ def preprocess_image(image: ImageLike, size: int = 512, mask: str = "person") ->
     """Crops the largest face of a photo the authors' way and builds its background condition.
 
     `image` is a PIL image or a uint8 array (H, W, 3) (grayscale and RGBA are converted to RGB);
-    `size` the side of the square outputs (a multiple of 64; the authors use 512); `mask` 'person'
-    (blacks out the whole person, as in the authors' released examples) or 'face' (only the face parts,
-    as their published `retrieve_bg.py`). Raises `NoFaceError` when there is no face.
+    `size` the side of the square outputs (a multiple of 64, SD1.5's size rule; the authors use 512);
+    `mask` 'person' (blacks out the whole person, as in the authors' released examples) or 'face' (only
+    the face parts, as their published `retrieve_bg.py`). Raises `NoFaceError` when there is no face.
     """
     size, mask = _check_size(size), _check_mask(mask)
     require_face_dependencies()
@@ -104,6 +108,7 @@ def preprocess_image(image: ImageLike, size: int = 512, mask: str = "person") ->
             "visible, roughly frontal face"
         )
     notes = [f"{count} faces found; used the largest"] if count > 1 else []
+    notes += _segmentation_notes(mask)
     matrix = crop_lib.crop_matrix(found.landmarks, size)
     crop = crop_lib.warp(photo, matrix, size)
     landmarks = crop_lib.transform_points(matrix, found.landmarks)
@@ -151,5 +156,6 @@ def build_background(face: ImageLike, mask: str = "person") -> Preprocessed:
         )
     landmarks = (found.landmarks + 0.5) / scale - 0.5
     notes = [f"{count} faces found; used the largest"] if count > 1 else []
+    notes += _segmentation_notes(mask)
     background, blacked = _condition(crop, landmarks, mask, None)
     return Preprocessed(crop, background, landmarks, blacked, notes)

@@ -1,9 +1,11 @@
 """Which pixels of a face crop to black out: the whole person, or only the face parts.
 
-No person-segmentation model ships inside a PyPI wheel that installs beside numpy 2 (MediaPipe's wheels
-from 0.10.30 on carry no models; 0.10.21, the last with the selfie segmenter, requires numpy < 2; see
-docs/preprocessing.md), so the person is cut out with OpenCV's GrabCut, seeded by a head-and-shoulders
-layout built from the 68 landmarks:
+The person is MediaPipe's selfie segmentation model where it is installed (`person_model.py`): the pixels
+it gives a probability of at least 0.5, with the face polygon of the landmarks, then the same clean-up as
+below. It takes in light hair before a light wall, which colour models cannot tell apart.
+
+Without the model, the person is cut out with OpenCV's GrabCut, seeded by a head-and-shoulders layout
+built from the 68 landmarks:
 
 - certainly person: the face (jaw line and forehead), the skull above the brows, the neck under the
   chin and the shoulders at the bottom of the crop;
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from magicface_jax.faces import person_model
+
 MASK_KINDS = ("person", "face")
 WORK_SIZE = 384
 
@@ -44,6 +48,7 @@ _NECK = (0.2, 0.25)  # half width, height of the certain neck under the chin
 _GROW = 0.01  # the final mask is grown by this much
 _FOREHEAD_BAND = 0.35  # face mask: forehead skin may reach this far above the brows
 _ITERATIONS = 5
+_PERSON_PROBABILITY = 0.5  # the segmentation model's threshold
 
 
 def _face_frame(landmarks: np.ndarray) -> tuple[np.ndarray, float, float, float]:
@@ -146,14 +151,32 @@ def _face_seeds(shape: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
 
 
 def segment(image: np.ndarray, landmarks: np.ndarray, kind: str = "person") -> np.ndarray:
-    """bool (H, W): the pixels of a face crop to black out, `kind` 'person' or 'face'.
+    """bool (H, W): the pixels of a face crop to black out, `kind` 'person' or 'face'; the person by the
+    segmentation model where it is installed, else by GrabCut.
 
     `image` is the uint8 RGB crop (H, W, 3) and `landmarks` its 68 landmarks (68, 2) in its pixels.
     """
-    import cv2
-
     if kind not in MASK_KINDS:
         raise ValueError(f"mask kind {kind!r}: use one of {MASK_KINDS}")
+    if kind == "person" and person_model.is_installed():
+        return model_person_mask(image, landmarks)
+    return grabcut_mask(image, landmarks, kind)
+
+
+def model_person_mask(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The person by the segmentation model, with the landmarks' face polygon, cleaned up as GrabCut's."""
+    import cv2
+
+    mask = person_model.person_probability(image) >= _PERSON_PROBABILITY
+    face = np.zeros(mask.shape, np.uint8)
+    cv2.fillPoly(face, [_face_polygon(landmarks, 0.0)], 1)
+    return _keep_face_region(mask | (face > 0), landmarks, _GROW * _face_frame(landmarks)[1])
+
+
+def grabcut_mask(image: np.ndarray, landmarks: np.ndarray, kind: str) -> np.ndarray:
+    """The person or the face parts by GrabCut seeded from the landmarks, on a `WORK_SIZE` copy."""
+    import cv2
+
     height, width = image.shape[:2]
     scale = WORK_SIZE / max(height, width)
     work_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
