@@ -29,6 +29,7 @@ import gradio as gr
 PROGRESS = gr.Progress()
 
 EXAMPLES = ("00381", "00025", "00512")  # the authors' prepared examples: face crop and background
+HEIGHT = 300  # of every image on the page, in CSS pixels
 TITLE = "MagicFace: edit a facial expression by Action Units"
 USAGE = (
     "Upload a photo (its largest face is cropped and its background condition built), or drop a prepared "
@@ -118,9 +119,13 @@ def build_page(service: EditService, notice: str | None = None) -> gr.Blocks:
         if notice:
             gr.Markdown(f"**Note:** {notice}", elem_id="notice")
         with gr.Row():
-            photo = gr.Image(label="photo", type="filepath", sources=["upload"], elem_id="photo")
-            face = gr.Image(label="face crop", type="filepath", format="png", elem_id="face")
-            background = gr.Image(label="background condition", type="filepath", format="png", elem_id="bg")
+            photo = gr.Image(
+                label="photo", type="filepath", sources=["upload"], height=HEIGHT, elem_id="photo"
+            )
+            face = gr.Image(label="face crop", type="filepath", format="png", height=HEIGHT, elem_id="face")
+            background = gr.Image(
+                label="background condition", type="filepath", format="png", height=HEIGHT, elem_id="bg"
+            )
         gr.Examples(
             [[str(AUTHORS_EXAMPLES / f"{n}.png"), str(AUTHORS_EXAMPLES / f"{n}_bg.png")] for n in EXAMPLES],
             inputs=[face, background],
@@ -158,7 +163,8 @@ def build_page(service: EditService, notice: str | None = None) -> gr.Blocks:
                 with gr.Tabs():
                     with gr.Tab("edit"):
                         run_edit = gr.Button("Edit", variant="primary", elem_id="edit")
-                        result = gr.Image(label="result", format="png", interactive=False, elem_id="result",
+                        result = gr.Image(label="result", format="png", interactive=False, height=HEIGHT,
+                                          elem_id="result",
                                           buttons=["download", "fullscreen"])  # fmt: skip
                     with gr.Tab("sweep"):
                         with gr.Row():
