@@ -75,6 +75,12 @@ def test_prepare_a_photo_and_an_emotion_preset(app, tmp_path):
     face, background, status = client.predict(handle_file(str(photo)), api_name="/prepare")
     assert read(face).shape == read(background).shape == (SIZE, SIZE, 3)
     assert "prepared" in status
+    turned = tmp_path / "turned.jpg"  # stored on its side, upright by its EXIF orientation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    Image.open(photo).transpose(Image.Transpose.ROTATE_90).save(turned, quality=95, exif=exif)
+    upright, _, _ = client.predict(handle_file(str(turned)), api_name="/prepare")
+    assert np.abs(read(upright).astype(int) - read(face)).mean() < 10
     preset = client.predict("happiness", 4, api_name="/preset")
     assert list(preset) == sliders(AU6=4, AU12=4)
 

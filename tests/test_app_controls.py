@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from magicface_jax.app import controls
-from magicface_jax.app.service import LRU, DeviceSlots, ServerBusy
+from magicface_jax.app.service import LRU, Device, DeviceSlots, ServerBusy
+from magicface_jax.editing.inputs import EditSettings
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import aus, emotions
 
@@ -109,3 +110,16 @@ def test_lru_keeps_the_most_recently_used():
     assert cache["a"] == 1
     cache["c"] = 3
     assert list(cache) == ["a", "c"]
+
+
+def test_the_first_edit_of_its_kind_says_it_compiles():
+    device = Device(pipe=None, executables=LRU(2), compiled=LRU(2))
+    settings = EditSettings(steps=10)
+    assert device.describe(settings, 128, 128, 1).startswith(
+        "compiling the program for 10 unipc steps at 128x128"
+    )
+    device.ran(settings, 128, 128, 1)
+    assert device.describe(settings, 128, 128, 1) == "sampling 10 unipc steps at 128x128"
+    assert device.describe(EditSettings(steps=10, guidance=1.5), 128, 128, 1).startswith("sampling")
+    for other in [(EditSettings(steps=11), 128, 128, 1), (settings, 64, 64, 1), (settings, 128, 128, 3)]:
+        assert device.describe(*other).startswith("compiling"), other
