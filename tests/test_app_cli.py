@@ -13,6 +13,7 @@ from magicface_jax.cli import run
     [
         (["--size", "96"], ["--size 96", "multiple of 64"]),
         (["--port", "70000"], ["--port 70000"]),
+        (["--steps", "0"], ["--steps 0", "1 to 100"]),
         (["--max-waiting", "-1"], ["--max-waiting", "≥ 0"]),
         (["--port", "web"], ["--port", "'web'"]),
         (["--checkpoint", "nowhere", "--devices", "999"], ["--devices 999", "device(s)"]),

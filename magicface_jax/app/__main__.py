@@ -13,6 +13,7 @@ import sys
 import time
 
 from magicface_jax import cache, cli, demo
+from magicface_jax.app import controls
 from magicface_jax.app.server import DEFAULT_HOST, DEFAULT_PORT, launch
 from magicface_jax.app.service import EditService, Limits
 from magicface_jax.editing.inputs import EditSettings
@@ -51,6 +52,8 @@ def parse_args(argv) -> argparse.Namespace:
 def _check(args: argparse.Namespace) -> None:
     if args.size is not None and (args.size < 64 or args.size % 64):
         raise MagicFaceError(f"--size {args.size} is not a multiple of 64 of at least 64 (MagicFace: 512)")
+    if args.steps is not None and not 1 <= args.steps <= controls.MAX_STEPS:
+        raise MagicFaceError(f"--steps {args.steps}: give 1 to {controls.MAX_STEPS}")
     if not 0 < args.port < 65536:
         raise MagicFaceError(f"--port {args.port} is not a port number (1..65535)")
     if args.max_waiting < 0:
