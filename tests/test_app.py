@@ -63,6 +63,13 @@ def test_edit_is_the_service_edit_of_the_slider_values(app):
     assert read(result).shape == (SIZE, SIZE, 3) and not np.array_equal(read(result), images.source)
 
 
+def test_edit_computes_a_missing_background(app):
+    _, client = app
+    result, background, status = call_edit(client, background=None)
+    assert "computed the background condition" in status and status.endswith("done")
+    assert read(result).shape == read(background).shape == (SIZE, SIZE, 3)
+
+
 def test_sweep_grid(app):
     _, client = app
     grid, _, status = client.predict(
@@ -79,6 +86,9 @@ def test_prepare_a_photo_and_an_emotion_preset(app, tmp_path):
     face, background, status = client.predict(handle_file(str(photo)), api_name="/prepare")
     assert read(face).shape == read(background).shape == (SIZE, SIZE, 3)
     assert "prepared" in status
+    webp = tmp_path / "portrait.webp"
+    Image.open(FACE).convert("RGB").save(webp, quality=95)
+    assert "prepared" in client.predict(handle_file(str(webp)), api_name="/prepare")[2]
     turned = tmp_path / "turned.jpg"  # stored on its side, upright by its EXIF orientation
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display

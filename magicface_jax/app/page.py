@@ -195,6 +195,9 @@ def build_page(service: EditService, notice: str | None = None) -> gr.Blocks:
                     preprocess=False, concurrency_limit=None)  # fmt: skip
         intensity.release(_handler(preset, ["emotion", "intensity"]), [emotion, intensity], sliders,
                           api_visibility="private")  # fmt: skip
+        # A new face crop drops the background shown, which belongs to the previous face: without one
+        # uploaded after it, the edit computes it from the face.
+        face.upload(lambda: None, None, background, api_visibility="private")
         reset.click(lambda: [0.0] * aus.NUM_AUS + [None], None, [*sliders, emotion], api_visibility="private")
         shuffle.click(lambda: random.randint(0, MAX_SEED), None, seed, api_visibility="private")
     return page
