@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from magicface_jax.editing.inputs import EditSettings
 HOST = "127.0.0.1"
 SIZE = 64
 STEPS = 2
+GRADIO_TEMP_DIR = "GRADIO_TEMP_DIR"
 
 
 def free_port() -> int:
@@ -26,7 +28,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serving(folder: Path, limits: Limits) -> Iterator[tuple[EditService, str]]:
-    """The service and its page's URL, the default program compiled."""
+    """The service and its page's URL, the default program compiled. Gradio keeps its files in `folder`
+    (not the temporary folder every Gradio server and client of the machine shares by default)."""
+    saved = os.environ.get(GRADIO_TEMP_DIR)
+    os.environ[GRADIO_TEMP_DIR] = str(folder / "gradio")
     checkpoint = folder / "demo"
     demo.write_demo_checkpoint(checkpoint)
     service = EditService.from_checkpoint(
@@ -39,3 +44,7 @@ def serving(folder: Path, limits: Limits) -> Iterator[tuple[EditService, str]]:
         yield service, f"http://{HOST}:{port}/"
     finally:
         page.close()
+        if saved is None:
+            del os.environ[GRADIO_TEMP_DIR]
+        else:
+            os.environ[GRADIO_TEMP_DIR] = saved

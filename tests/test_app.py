@@ -28,8 +28,15 @@ FACE, BACKGROUND = AUTHORS_EXAMPLES / "00381.png", AUTHORS_EXAMPLES / "00381_bg.
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    with serving(tmp_path_factory.mktemp("app"), LIMITS) as (service, url):
-        yield service, gradio_client.Client(url, verbose=False)
+    folder = tmp_path_factory.mktemp("app")
+    with serving(folder, LIMITS) as (service, url):
+        client = gradio_client.Client(
+            url, verbose=False, analytics_enabled=False, download_files=folder / "downloads"
+        )
+        try:
+            yield service, client
+        finally:
+            client.close()
 
 
 def sliders(**edit) -> list[float]:
