@@ -92,10 +92,15 @@ def build_page(service: EditService, notice: str | None = None) -> gr.Blocks:
         images = service.prepare_pair(_path(values["face"]), _path(values["background"]))
         return images, controls.au_from_sliders(sliders), edit_settings, seed
 
+    def computed_background(values, images):
+        """The background to show: the computed one, else none (the one shown stays; rewriting the same
+        file for concurrent edits would race in Gradio's cache, which writes files in place)."""
+        return images.background if values["background"] is None else gr.skip()
+
     def edit(values, progress):
         images, au, edit_settings, seed = inputs(values)
         result = service.edit(images, au, edit_settings, seed, reporter(progress))
-        return result, images.background, _status(images.notes, "done")
+        return result, computed_background(values, images), _status(images.notes, "done")
 
     def sweep(values, progress):
         images, au, edit_settings, seed = inputs(values)
@@ -106,7 +111,7 @@ def build_page(service: EditService, notice: str | None = None) -> gr.Blocks:
             if value and name != swept.au
         }
         grid = service.sweep(images, swept, base, edit_settings, seed, reporter(progress))
-        return grid, images.background, _status(images.notes, "done")
+        return grid, computed_background(values, images), _status(images.notes, "done")
 
     def preset(values, progress):
         if not values["emotion"]:
