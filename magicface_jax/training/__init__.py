@@ -1,0 +1,1 @@
+"""Training: MagicFace and the synthetic world's VAE."""
