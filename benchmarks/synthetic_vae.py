@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe-people", type=int, default=16)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds of training in this run")
+    parser.add_argument("--measure-only", action="store_true", help="measure OUT/export without training")
     parser.add_argument("--out", required=True)
     return parser
 
@@ -101,15 +102,17 @@ def main(argv=None) -> None:
     config = _config(args)
     out = Path(args.out)
     spec = SyntheticFacesSpec(resolution=args.resolution, seed=0)
-    start = time.perf_counter()
-    pool = autoencoder.synthetic_images(spec, "train", args.pairs)
-    print(f"rendered {len(pool[0])} training images in {time.perf_counter() - start:.0f} s")
-    start = time.perf_counter()
-    state = autoencoder.train(config, pool, out, log_every=25, time_limit_s=args.time_limit)
-    train_seconds = time.perf_counter() - start
     export = out / "export"
-    autoencoder.export_vae(export, config, state.params, pool[0][:256], overwrite=True)
-    vae_config, params = autoencoder.load_vae(export)
+    train_seconds = 0.0
+    if not args.measure_only:
+        start = time.perf_counter()
+        pool = autoencoder.synthetic_images(spec, "train", args.pairs)
+        print(f"rendered {len(pool[0])} training images in {time.perf_counter() - start:.0f} s")
+        start = time.perf_counter()
+        state = autoencoder.train(config, pool, out, log_every=25, time_limit_s=args.time_limit)
+        train_seconds = time.perf_counter() - start
+        autoencoder.export_vae(export, config, state.params, pool[0][:256], int(state.step), overwrite=True)
+    vae_config, params, vae_steps = autoencoder.load_vae(export)
 
     def reconstruct(images):
         return autoencoder.reconstruct(vae_config, params, images)
@@ -133,7 +136,7 @@ def main(argv=None) -> None:
     }
     result = {
         "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "steps_done": int(state.step),
+        "steps_done": vae_steps,
         "vae": {
             "widths": list(vae_config.block_out_channels),
             "downsample": vae_config.downsample_factor,

@@ -1,11 +1,11 @@
 """The synthetic world's frozen VAE: an `AutoencoderKL` trained on `synthetic_faces` images, which MagicFace
 then uses as it uses Stable Diffusion's VAE (frozen; identity and background latents unscaled).
 
-    config = AutoencoderTrainConfig(vae=SYNTHETIC_VAE_64, resolution=64, steps=3000)
-    images = synthetic_images(SyntheticFacesSpec(resolution=64, seed=0), "train", 1000)
+    config = AutoencoderTrainConfig(vae=SYNTHETIC_VAE, resolution=64, steps=3000)
+    images = synthetic_images(SyntheticFacesSpec(resolution=64, seed=0), "train", 1000)  # images, masks
     state = train(config, images, "runs/vae")         # resumes from runs/vae/state if it is there
-    export_vae("runs/vae/export", config, state.params, images[:256])
-    vae_config, params = load_vae("runs/vae/export")
+    export_vae("runs/vae/export", config, state.params, images[0][:256], int(state.step))
+    vae_config, params, steps = load_vae("runs/vae/export")
 
 The loss is L1 reconstruction of the posterior sample's decode plus `kl_weight` × the KL divergence from
 N(0, 1), the reconstruction weighted by `face_weight` inside the face mask. L1, not L2: L2 averages a thin
@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,18 +43,15 @@ STATE_DIR = "state"
 EXPORT_CONFIG = "vae.json"
 EXPORT_PARAMS = "params"
 
-# The two VAEs of the synthetic setting's design study (docs/evaluation.md): downsampling 4, latents 16².
-SYNTHETIC_VAE_64 = VAEConfig(
-    block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=64
-)
-SYNTHETIC_VAE_128 = VAEConfig(
-    block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=8, sample_size=128
+# The synthetic setting's VAE at 64² (docs/evaluation.md): downsampling 4, latents 16² × 4.
+SYNTHETIC_VAE = VAEConfig(
+    block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8, sample_size=64
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class AutoencoderTrainConfig:
-    vae: VAEConfig = SYNTHETIC_VAE_64
+    vae: VAEConfig = SYNTHETIC_VAE
     resolution: int = 64
     steps: int = 2000
     batch_size: int = 16
@@ -108,7 +106,10 @@ def loss_fn(model: AutoencoderKL, params, images, weights, rng, kl_weight: float
     return l1 + kl_weight * kl, {"l1": l1, "kl": kl}
 
 
+@functools.cache
 def make_train_step(config: AutoencoderTrainConfig) -> Callable:
+    """The jitted step (state, images, weights) -> (state, metrics); one per config, so a resumed run in
+    the same process reuses the compiled program."""
     model, tx = AutoencoderKL(config.vae), optimizer(config)
 
     def step(state: TrainState, images, weights):
@@ -203,9 +204,13 @@ def _autoencoder(vae_config: VAEConfig):
 
 
 def _batched(fn, params, images: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate(
-        [np.asarray(fn(params, to_model_input(images[i : i + batch]))) for i in range(0, len(images), batch)]
-    )
+    """`fn` over `images` in batches of `batch`, the last one padded: one compilation for any count."""
+    out = []
+    for i in range(0, len(images), batch):
+        chunk = images[i : i + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+        out.append(np.asarray(fn(params, to_model_input(padded)))[: len(chunk)])
+    return np.concatenate(out)
 
 
 def encode(vae_config: VAEConfig, params, images: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -224,11 +229,22 @@ def latent_scaling_factor(vae_config: VAEConfig, params, images: np.ndarray) -> 
     return float(1.0 / encode(vae_config, params, images).std())
 
 
+class ExportedVAE(NamedTuple):
+    config: VAEConfig  # with the measured scaling factor
+    params: dict
+    steps: int  # training steps behind it
+
+
 def export_vae(
-    directory: str | Path, config: AutoencoderTrainConfig, params, images: np.ndarray, overwrite: bool = False
+    directory: str | Path,
+    config: AutoencoderTrainConfig,
+    params,
+    images: np.ndarray,
+    steps: int,
+    overwrite: bool = False,
 ) -> VAEConfig:
-    """Writes the frozen VAE (its config with the measured scaling factor, and its parameters) to a new
-    `directory`, atomically; returns that config."""
+    """Writes the frozen VAE (its config with the scaling factor measured on `images`, its parameters and
+    the number of training steps behind them) to `directory`, atomically; returns that config."""
     import orbax.checkpoint as ocp
 
     vae_config = dataclasses.replace(
@@ -237,19 +253,20 @@ def export_vae(
         sample_size=config.resolution,
     )
     with atomic_directory(directory, overwrite) as partial:
-        (partial / EXPORT_CONFIG).write_text(json.dumps(dataclasses.asdict(vae_config), indent=2))
+        meta = {"vae": dataclasses.asdict(vae_config), "steps": steps}
+        (partial / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
         ocp.PyTreeCheckpointer().save((partial / EXPORT_PARAMS).absolute(), jax.device_get(params))
     return vae_config
 
 
-def load_vae(directory: str | Path) -> tuple[VAEConfig, dict]:
-    """The config and parameters `export_vae` wrote."""
+def load_vae(directory: str | Path) -> ExportedVAE:
+    """What `export_vae` wrote."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory)
     if not (directory / EXPORT_CONFIG).is_file():
         raise MagicFaceError(f"{directory} holds no exported VAE ({EXPORT_CONFIG} is missing)")
-    data = json.loads((directory / EXPORT_CONFIG).read_text())
-    vae_config = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    meta = json.loads((directory / EXPORT_CONFIG).read_text())
+    vae_config = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()})
     params = ocp.PyTreeCheckpointer().restore((directory / EXPORT_PARAMS).absolute())
-    return vae_config, params
+    return ExportedVAE(vae_config, params, int(meta["steps"]))
