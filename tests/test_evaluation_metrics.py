@@ -148,6 +148,7 @@ def test_openface_aus_are_read_per_image_name(tmp_path):
 
 
 @needs_faces
+@pytest.mark.slow
 def test_dlib_identity_and_pose_on_the_shipped_portraits():
     from magicface_jax.assets import AUTHORS_EXAMPLES
     from magicface_jax.evaluation.photos import PhotoFaces
@@ -168,3 +169,36 @@ def test_dlib_identity_and_pose_on_the_shipped_portraits():
     blank = np.zeros((1, 64, 64, 3), np.uint8)
     assert np.isnan(faces.embed(blank)).all() and np.isnan(faces.pose(blank)).all()
     assert not faces.face_masks(blank).any()
+
+
+@needs_faces
+@pytest.mark.slow
+def test_photo_estimators_measure_an_unchanged_photo_as_unchanged(tmp_path):
+    from magicface_jax.assets import AUTHORS_EXAMPLES
+    from magicface_jax.evaluation import runner
+    from magicface_jax.evaluation.photos import OpenFaceAUs
+    from magicface_jax.faces.aus import AU_NAMES, openface_column
+    from magicface_jax.images import load_image
+
+    estimators, faces = runner.estimators_for(runner.PHOTOS, None)
+    assert "proxy" in estimators.aus.label and estimators.identity is faces
+    sources = np.stack([load_image(AUTHORS_EXAMPLES / "00381.png")])
+    pairs = runner.EvalPairs(
+        sources=sources,
+        backgrounds=np.stack([load_image(AUTHORS_EXAMPLES / "00381_bg.png")]),
+        identity_aus=np.zeros((1, 12)),
+        variations=np.full((1, 12), 1.0),
+        face_masks=faces.face_masks(sources),
+        names=("pair00000",),
+    )
+    unchanged = runner.measure(pairs, sources, ["pair00000_source"], estimators)
+    assert (
+        unchanged["id_l2"] == 0 and unchanged["pose_rmse_degrees"] == 0 and unchanged["background_rmse"] == 0
+    )
+    assert np.isfinite(unchanged["au_mse"])
+    columns = ["frame", "success", *(openface_column(au) for au in AU_NAMES)]
+    (tmp_path / "pair00000_source.csv").write_text(",".join(columns) + "\n1,1," + ",".join(["1"] * 12) + "\n")
+    estimators, _ = runner.estimators_for(runner.PHOTOS, None, OpenFaceAUs(tmp_path))
+    assert runner.measure(pairs, sources, ["pair00000_source"], estimators)["au_mse"] == 0  # asked 1, read 1
+    with pytest.raises(MagicFaceError, match="--estimator is the synthetic"):
+        runner.estimators_for(runner.PHOTOS, tmp_path)

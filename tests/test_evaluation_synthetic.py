@@ -164,3 +164,24 @@ def test_evaluate_refuses_bad_arguments_in_one_line(
     assert _evaluate(*argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_the_shipped_estimator_beats_a_constant_predictor_on_unseen_persons():
+    from magicface_jax.assets import SYNTHETIC_ESTIMATOR
+
+    estimator = synthetic.SyntheticEstimator.load(SYNTHETIC_ESTIMATOR)
+    # seed 1's test persons: neither the estimator's training persons (seed 0, train) nor its test persons
+    spec = SyntheticFacesSpec(resolution=64, seed=1, pairs_per_identity=1)  # a new person per pair
+    data = synthetic.labelled_images(synthetic.rendered_records(spec, "test", 12))
+    constant = estimator.normalization.mean
+    aus, pose = estimator.aus(data.images), estimator.pose(data.images)
+    assert ((aus - data.targets["aus"]) ** 2).mean() < ((constant["aus"] - data.targets["aus"]) ** 2).mean()
+    yaw_roll = pose[:, [0, 2]]
+    assert (
+        np.abs(yaw_roll - data.targets["pose"]).mean()
+        < np.abs(constant["pose"] - data.targets["pose"]).mean()
+    )
+    embedding = estimator.embed(data.images)
+    same = np.linalg.norm(embedding[0::2] - embedding[1::2], axis=-1).mean()  # a pair: one person
+    other = np.linalg.norm(embedding[0::2] - np.roll(embedding[0::2], 1, axis=0), axis=-1).mean()
+    assert same < other

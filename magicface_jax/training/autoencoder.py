@@ -173,7 +173,7 @@ def train(
         log(f"resumed from step {int(state.step)}")
     step_fn = make_train_step(config)
     weights = np.where(masks, np.float32(config.face_weight), np.float32(1.0))
-    start, metrics = time.perf_counter(), {}
+    start = time.perf_counter()
     for step in range(int(state.step), config.steps):
         batch = np.random.default_rng([config.seed, step]).integers(len(images), size=config.batch_size)
         state, metrics = step_fn(state, to_model_input(images[batch]), weights[batch])
