@@ -78,7 +78,6 @@ def main(argv=None) -> None:
     save_edits = Path(args.save_edits) if args.save_edits else None
     report = runner.evaluate(pipe, pairs, settings, estimators, args.seed, args.batch_size, save_edits)
     report |= {"checkpoint": str(args.checkpoint), "dataset": str(args.dataset), "split": args.split}
-    print(runner.format_estimators(report))
     if args.json:
         with atomic_file(args.json) as partial:
             partial.write_text(json.dumps(report, indent=2))

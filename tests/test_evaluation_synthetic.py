@@ -118,6 +118,8 @@ def test_evaluate_runs_on_a_tiny_checkpoint_and_measures_the_baseline_exactly(
     assert _evaluate(*argv) == 0
     out = capsys.readouterr().out
     assert "no edit (source returned): AU MSE" in out and "unipc_s2_g3: AU MSE" in out
+    edit_line = next(line for line in out.splitlines() if line.startswith("unipc_s2_g3"))
+    assert "AU MSE" in edit_line and "(estimator's own " in edit_line and "°" in edit_line
     assert "synthetic regressor (held out: au_mse" in out and "degrees for pose" in out
     report = json.loads(report_path.read_text())
     assert report["pairs"] == 2 and len(report["settings"]) == 1

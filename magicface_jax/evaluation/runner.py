@@ -190,7 +190,9 @@ def evaluate(
         "baseline": measure(pairs, pairs.sources, baseline_names, estimators),
         "settings": [],
     }
-    log(format_row("no edit (source returned)", report["baseline"]))
+    noise = estimator_noise(report["estimators"]["held_out"])
+    log(format_estimators(report))
+    log(format_row("no edit (source returned)", report["baseline"], noise))
     for setting in settings:
         edited = edit_pairs(pipe, pairs, setting, seed, batch_size)
         names = [f"{name}_{setting.name}" for name in pairs.names]
@@ -199,14 +201,38 @@ def evaluate(
                 save_image(image, save_edits / f"{name}.png")
         row = {"setting": dataclasses.asdict(setting), **measure(pairs, edited, names, estimators)}
         report["settings"].append(row)
-        log(format_row(setting.name, row))
+        log(format_row(setting.name, row, noise))
     return report
 
 
-def format_row(name: str, row: dict) -> str:
+# Where each metric's estimator reports its own error on held-out data (the first key present counts).
+_NOISE_KEYS = {
+    "au_mse": ("aus", ("au_mse", "au_mse_on_synthetic_landmarks")),
+    "id_l2": ("identity", ("id_l2_same_person",)),
+    "pose_rmse_degrees": ("pose", ("pose_rmse_degrees",)),
+}
+
+
+def estimator_noise(held_out: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per metric, the estimator's own held-out error in the metric's unit, where it reports one."""
+    noise = {}
+    for metric, (what, keys) in _NOISE_KEYS.items():
+        found = [held_out[what][k] for k in keys if k in held_out[what]]
+        if found:
+            noise[metric] = found[0]
+    return noise
+
+
+def format_row(name: str, row: dict, noise: dict[str, float]) -> str:
+    """One result line; next to each metric, the estimator's own held-out error where known."""
+
+    def own(metric: str, unit: str = "") -> str:
+        return f" (estimator's own {noise[metric]:.3g}{unit})" if metric in noise else ""
+
     return (
-        f"{name}: AU MSE {row['au_mse']:.3f}, ID L2 {row['id_l2']:.3f}, background RMSE "
-        f"{row['background_rmse']:.4f}, head-pose RMSE {row['pose_rmse_degrees']:.2f}°"
+        f"{name}: AU MSE {row['au_mse']:.3f}{own('au_mse')}, ID L2 {row['id_l2']:.3f}{own('id_l2')}, "
+        f"background RMSE {row['background_rmse']:.4f}, head-pose RMSE {row['pose_rmse_degrees']:.2f}°"
+        f"{own('pose_rmse_degrees', '°')}"
     )
 
 
