@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -121,7 +122,7 @@ class PhotoFaces:
         self._faces: dict[bytes, detect.Face | None] = {}
 
     def face(self, image: np.ndarray) -> detect.Face | None:
-        key = image.tobytes()
+        key = hashlib.sha256(image.tobytes()).digest()  # the digest, not the pixels, stays in memory
         if key not in self._faces:
             self._faces[key] = detect.largest_face(np.ascontiguousarray(image))[0]
         return self._faces[key]
