@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo app test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m magicface_jax.faces.person_model
 	touch $@
 
+$(VENV)/.installed-app: $(VENV)/.installed
+	$(PIP) -c constraints.txt -e '.[torch,faces,app]'
+	touch $@
+
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -c constraints.txt -e '.[torch,faces,test]'
+	$(PIP) -c constraints.txt -e '.[torch,faces,app,test]'
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/python sample.py --demo
+
+# The face-editing page at http://127.0.0.1:7860/ with the demo checkpoint (docs/app.md).
+app: $(VENV)/.installed-app
+	$(BIN)/python -m magicface_jax.app
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -28,6 +28,7 @@ from magicface_jax.editing import commands
 from magicface_jax.editing.inputs import EditSettings, check_size, resolve_edit
 from magicface_jax.editing.sweep import Sweep
 from magicface_jax.errors import MagicFaceError
+from magicface_jax.faces import emotions
 from magicface_jax.pipeline import COMPUTE_DTYPES, DEFAULT_GUIDANCE, check_seed
 
 DEFAULT_STEPS = 50
@@ -51,6 +52,12 @@ def parse_args(argv) -> argparse.Namespace:
         "--background", "--bg_path", dest="background", help="its background condition (default: computed)"
     )
     inputs.add_argument("--au", help="the AU variation, e.g. AU4=+4,AU1=+2 (positive = stronger)")
+    inputs.add_argument(
+        "--emotion",
+        metavar="NAME[:INTENSITY]",
+        help=f"an emotion preset, e.g. happiness:4 ({', '.join(emotions.EMOTIONS)}; default intensity "
+        f"{emotions.DEFAULT_INTENSITY:g}); an AU also given by --au takes the --au value",
+    )
     inputs.add_argument("--au_test", help="the authors' form: the AUs, e.g. AU4+AU1 (with --AU_variation)")
     inputs.add_argument("--AU_variation", help="the authors' form: their variations, e.g. 4+2")
     inputs.add_argument(
@@ -139,6 +146,7 @@ def _check_flags(args: argparse.Namespace) -> None:
             "--image": args.image,
             "--background": args.background,
             "--au": args.au,
+            "--emotion": args.emotion,
             "--au_test": args.au_test,
             "--AU_variation": args.AU_variation,
             "--sweep": args.sweep,
@@ -162,7 +170,8 @@ def _apply_demo_defaults(args: argparse.Namespace) -> None:
             args.background = str(demo.DEMO_BACKGROUND)
         if args.size is None:
             args.size = demo.DEMO_SIZE
-    if args.au is None and args.au_test is None and args.AU_variation is None and not args.sweep:
+    edit_given = (args.au, args.au_test, args.AU_variation, args.emotion, args.sweep)
+    if all(not given for given in edit_given):
         args.au = demo.DEMO_EDIT
     if args.steps is None:
         args.steps = demo.DEMO_STEPS
@@ -200,11 +209,16 @@ def main(argv=None) -> None:
     )
     seed = check_seed(args.seed)
     edit = resolve_edit(args.au, args.au_test, args.AU_variation)
+    if args.emotion is not None:
+        edit = {**emotions.parse_emotion(args.emotion), **(edit or {})}
     sweeps = [Sweep.parse(spec) for spec in args.sweep or ()]
     if args.edits is None and args.image is None:
         raise MagicFaceError("give --image FACE (a face crop), --edits FILE.jsonl, or --demo")
     if args.edits is None and not sweeps and edit is None:
-        raise MagicFaceError("give the edit: --au AU4=+4,AU1=+2, or --au_test AU4+AU1 --AU_variation 4+2")
+        raise MagicFaceError(
+            "give the edit: --au AU4=+4,AU1=+2, --emotion happiness:4, "
+            "or --au_test AU4+AU1 --AU_variation 4+2"
+        )
     xla_cache = cache.enable_compilation_cache(args.compilation_cache)
     if xla_cache:
         print(f"compilation cache: {xla_cache}")

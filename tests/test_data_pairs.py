@@ -294,7 +294,7 @@ def test_cli_builds_synthetic_faces(tmp_path, capsys):
     argv = ["synthetic_faces", "--resolution", "64", "--num-pairs", "4", "--num-test-pairs", "2"]
     assert run(build.main, [*argv, "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "synthetic_faces/64px_4x2_p4_a0.4_s0/1.0.0: test 2, train 4 examples" in out
+    assert "synthetic_faces/64px_4x2_p4_a0.4_s0/2.0.0: test 2, train 4 examples" in out
     source = tfds.data_source("synthetic_faces/64px_4x2_p4_a0.4_s0", split="test", data_dir=str(tmp_path))
     assert len(source) == 2
 

@@ -88,14 +88,27 @@ def test_landmarks_follow_the_pose():
     assert not (face.face_mask & ~face.person_mask).any()
 
 
-def test_a_pair_shares_identity_pose_and_scene_and_differs_in_aus():
-    spec = SyntheticFacesSpec(resolution=64, seed=7)
+def _dot_colour(condition: np.ndarray, landmarks: np.ndarray, k: int) -> np.ndarray:
+    """The condition's colour where jaw dot k is drawn most strongly (a 64² dot covers a pixel or two)."""
+    x, y = jaw_dot_centres(landmarks)[k].round().astype(int)
+    layer = jaw_dot_layer(landmarks, condition.shape[0]).astype(int).sum(-1)
+    window = layer[y - 2 : y + 3, x - 2 : x + 3]
+    dy, dx = np.unravel_index(window.argmax(), window.shape)
+    return condition[y - 2 + dy, x - 2 + dx]
+
+
+def _pose_and_scene(factors: dict, image: str) -> list:
+    return [v.tolist() for group in ("pose", "scene") for v in factors[f"{image}_{group}"].values()]
+
+
+def test_a_pair_shares_identity_and_differs_in_pose_scene_and_aus():
+    spec = SyntheticFacesSpec(resolution=128, seed=7)  # 64² can lose a dot
     example = synthetic_example(spec, "train", 5)
     again = synthetic_example(spec, "train", 5)
     for key in ("identity_image", "target_image", "background", "target_face_mask"):
         assert example[key] == again[key]
     identity, target = decode_png(example["identity_image"]), decode_png(example["target_image"])
-    assert identity.shape == target.shape == (64, 64, 3)
+    assert identity.shape == target.shape == (128, 128, 3)
     person = decode_mask(example["target_person_mask"])
     np.testing.assert_array_equal(example["au_variation"], example["target_aus"] - example["identity_aus"])
     assert np.abs(example["au_variation"]).max() >= 1
@@ -103,19 +116,48 @@ def test_a_pair_shares_identity_pose_and_scene_and_differs_in_aus():
     # the background condition: scene kept, person black apart from the 17 jaw dots
     condition = decode_png(example["background"])
     landmarks = example["target_landmarks"]
-    dots = jaw_dot_layer(landmarks, 64).any(-1)  # drawn exactly as the face preprocessing draws them
+    dots = jaw_dot_layer(landmarks, 128).any(-1)  # drawn exactly as the face preprocessing draws them
     np.testing.assert_array_equal(condition[~person & ~dots], target[~person & ~dots])
     assert (condition[person & ~dots] == 0).all()
-    centres = jaw_dot_centres(landmarks).round().astype(int)
     assert np.linalg.norm(jaw_dot_centres(landmarks) - landmarks[:17], axis=-1).max() < 3  # near the jaw line
-    pink, orange = condition[centres[0, 1], centres[0, 0]], condition[centres[16, 1], centres[16, 0]]
+    pink, orange = (_dot_colour(condition, landmarks, k) for k in (0, 16))
     assert pink[0] > pink[1] and orange[1] > orange[2]  # pink at landmark 0, orange at 16
     assert tuple(JAW_COLOURS[0]) == (255, 0, 127)
     # other pairs of the same person share its identity factors, not its pose
     sibling = synthetic_example(spec, "train", 4)
     assert sibling["identity_id"] == example["identity_id"] == "train-000001"
     assert sibling["factors"]["identity"]["skin"].tolist() == example["factors"]["identity"]["skin"].tolist()
-    assert sibling["factors"]["pose"]["rotation"] != example["factors"]["pose"]["rotation"]
+    assert sibling["factors"]["identity_pose"]["rotation"] != example["factors"]["identity_pose"]["rotation"]
+    # the target is seen in another pose over another scene, so neither can be copied from the identity image
+    factors = example["factors"]
+    assert _pose_and_scene(factors, "identity") != _pose_and_scene(factors, "target")
+    assert np.abs(example["identity_landmarks"] - landmarks).max() > 1
+    assert np.abs(identity.astype(int) - target.astype(int))[~person].mean() > 10
+
+
+def test_the_identity_images_own_condition_is_stored_for_evaluation():
+    example = synthetic_example(SyntheticFacesSpec(resolution=64, seed=3), "test", 2)
+    identity = decode_png(example["identity_image"])
+    condition = decode_png(example["identity_background"])
+    person = decode_mask(example["identity_person_mask"])
+    dots = jaw_dot_layer(example["identity_landmarks"], 64).any(-1)
+    np.testing.assert_array_equal(condition[~person & ~dots], identity[~person & ~dots])
+    assert (condition[person & ~dots] == 0).all()
+    assert decode_mask(example["identity_face_mask"]).sum() < person.sum()
+    assert example["identity_background"] != example["background"]
+
+
+def test_the_same_pose_and_scene_variant_keeps_them():
+    spec = SyntheticFacesSpec(resolution=64, seed=7, same_pose_and_scene=True)
+    assert spec.name == "64px_2000x200_p4_a0.4_s7_same"
+    example = synthetic_example(spec, "train", 5)
+    factors = example["factors"]
+    assert _pose_and_scene(factors, "identity") == _pose_and_scene(factors, "target")
+    identity, target = decode_png(example["identity_image"]), decode_png(example["target_image"])
+    scene = ~decode_mask(example["identity_person_mask"]) & ~decode_mask(example["target_person_mask"])
+    np.testing.assert_array_equal(identity[scene], target[scene])
+    default = synthetic_example(SyntheticFacesSpec(resolution=64, seed=7), "train", 5)
+    assert default["identity_image"] == example["identity_image"]  # only the target changes
 
 
 def test_resolutions_and_bad_specs():
@@ -132,7 +174,7 @@ def test_resolutions_and_bad_specs():
 def test_registered_and_custom_specs_both_make_builders(tmp_path):
     for spec in (SyntheticFacesSpec(resolution=512), SyntheticFacesSpec(resolution=512, seed=1)):
         builder = SyntheticFaces(config=builder_config(spec), data_dir=str(tmp_path))
-        assert builder.spec == spec and builder.data_dir.endswith(f"synthetic_faces/{spec.name}/1.0.0")
+        assert builder.spec == spec and builder.data_dir.endswith(f"synthetic_faces/{spec.name}/2.0.0")
 
 
 def test_condition_blackens_exactly_the_person_and_follows_the_jaw():
@@ -161,8 +203,8 @@ def test_builds_and_reads_back_without_tensorflow(tmp_path):
     record = train[0]
     assert decode_png(record["identity_image"]).shape == (64, 64, 3)
     assert decode_mask(record["target_face_mask"]).dtype == bool
-    assert -15 <= record["factors"]["pose"]["yaw"] <= 15 and record["factors"]["identity"]["skin"].shape == (
-        3,
-    )
+    assert -15 <= record["factors"]["target_pose"]["yaw"] <= 15 and record["factors"]["identity"][
+        "skin"
+    ].shape == (3,)
     expected = {synthetic_example(spec, "train", i)["identity_image"] for i in range(6)}
     assert {train[i]["identity_image"] for i in range(6)} == expected

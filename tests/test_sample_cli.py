@@ -105,6 +105,15 @@ def test_authors_flags_give_the_same_edit(capsys, converted, face, tmp_path):
     np.testing.assert_array_equal(read(theirs / "00381.png"), read(ours))
 
 
+def test_emotion_preset_with_au_overrides(capsys, converted, face, tmp_path):
+    preset, explicit = tmp_path / "preset.png", tmp_path / "explicit.png"
+    code, stdout, err = edit(capsys, converted, face, preset, "--emotion", "happiness:4", "--au", "AU12=+6")
+    assert code == 0, err
+    assert "AU6=+4, AU12=+6" in stdout  # the preset's AU6, --au's AU12
+    assert edit(capsys, converted, face, explicit, "--au", "AU6=+4,AU12=+6")[0] == 0
+    np.testing.assert_array_equal(read(preset), read(explicit))
+
+
 def test_sweep_grid(capsys, converted, face, tmp_path):
     out = tmp_path / "sweep.png"
     code, stdout, err = edit(
@@ -305,6 +314,8 @@ BAD_INPUTS = {
     ),
     "batch size of one edit": (lambda t, c, f: {"--batch-size": "2"}, ["--batch-size goes with"]),
     "bad sweep": (lambda t, c, f: {"--sweep": "AU12=-6:6"}, ["AU=start:stop:count"]),
+    "unknown emotion": (lambda t, c, f: {"--emotion": "joy"}, ["'joy'", "happiness, sadness"]),
+    "emotion intensity out of range": (lambda t, c, f: {"--emotion": "anger:12"}, ["anger", "-10..10"]),
     "authors' model flag": (lambda t, c, f: {"--denoising_unet_path": "x"}, ["convert_weights.py"]),
 }
 

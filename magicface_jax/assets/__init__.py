@@ -4,3 +4,5 @@ from pathlib import Path
 
 # The authors' three example face crops and their background conditions (see its README.md).
 AUTHORS_EXAMPLES = Path(__file__).parent / "authors_examples"
+# The synthetic estimator for 64² synthetic_faces (docs/evaluation.md gives the command that made it).
+SYNTHETIC_ESTIMATOR = Path(__file__).parent / "synthetic_estimator"

@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--num-test-pairs", type=int, default=None, help="default: a tenth of --num-pairs")
     synthetic.add_argument("--pairs-per-identity", type=int, default=4)
     synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument(
+        "--same-pose-and-scene",
+        action="store_true",
+        help="targets keep the identity image's pose and scene (default: both differ, as in the paper)",
+    )
 
     pairs = kinds.add_parser(
         "magicface_pairs", help="pairs of one person's images from a folder with AU labels"
@@ -72,6 +77,7 @@ def _builder(args: argparse.Namespace):
             test_pairs=test,
             pairs_per_identity=args.pairs_per_identity,
             seed=args.seed,
+            same_pose_and_scene=args.same_pose_and_scene,
         )
         return SyntheticFaces(config=builder_config(spec), data_dir=args.data_dir, workers=args.workers)
     config = pairing.PairingConfig(

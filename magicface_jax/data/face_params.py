@@ -60,7 +60,7 @@ class Identity:
 
 @dataclasses.dataclass(frozen=True)
 class Pose:
-    """Where the face is in the image; shared by both images of a pair."""
+    """Where the face is in the image."""
 
     rotation: float  # in-plane, degrees, counter-clockwise on screen
     shift_x: float  # fractions of the image size

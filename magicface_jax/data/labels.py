@@ -48,7 +48,7 @@ def list_images(root: Path) -> list[str]:
     )
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, skipinitialspace=True)
@@ -60,7 +60,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
-def _au_columns(header: list[str], path: Path) -> list[str]:
+def au_columns(header: list[str], path: Path) -> list[str]:
     """The column of each AU in AU_NAMES order."""
     found: dict[str, str] = {}
     for name in header:
@@ -109,14 +109,14 @@ def _labels(images: list[LabelledImage], on_disk: list[str], missing: list[str])
 
 
 def read_plain_csv(path: Path, root: Path, identity_column: str | None = None) -> Labels:
-    header, rows = _read_rows(path)
+    header, rows = read_rows(path)
     if "file" not in header:
         raise MagicFaceError(f"{path} has no 'file' column: write it as file,AU1,AU2,...,AU26")
     if identity_column and identity_column not in header:
         raise MagicFaceError(
             f"{path} has no identity column {identity_column!r}; its columns: {', '.join(header)}"
         )
-    columns = _au_columns(header, path)
+    columns = au_columns(header, path)
     on_disk = list_images(root)
     known = set(on_disk)
     images, missing = [], []
@@ -146,12 +146,12 @@ def read_openface_dir(folder: Path, root: Path) -> Labels:
             by_folder.setdefault(folder_name, []).append(file)
     images, missing = [], []
     for path in csvs:
-        header, rows = _read_rows(path)
+        header, rows = read_rows(path)
         if "frame" not in header:
             raise MagicFaceError(
                 f"{path} has no 'frame' column: is it an OpenFace 2.0 FeatureExtraction output?"
             )
-        columns = _au_columns(header, path)
+        columns = au_columns(header, path)
         name = path.stem
         by_frame: dict[int, np.ndarray | None] = {}
         for row in rows:

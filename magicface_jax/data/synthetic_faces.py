@@ -1,6 +1,9 @@
 """`synthetic_faces`: pairs of procedural faces with exact ground truth, to train and measure MagicFace on a
-CPU. A pair shares identity, pose and scene and differs in its AU intensities; every factor, the masks and
-the 68 landmarks are stored. Persons are numbered per split, so no person is in two splits.
+CPU. A pair shows one person; as in the paper's training pairs, the target differs from the identity image in
+pose, scene and AU intensities, so pose and scene can only come from the background condition (a spec option
+keeps the identity image's pose and scene instead). Every factor of both images, their masks, their 68
+landmarks and both background conditions are stored: the identity image's own condition is what an edit
+of it takes at inference. Persons are numbered per split, so no person is in two splits.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from magicface_jax.faces.jaw_dots import add_layer, jaw_dot_layer
 RESOLUTIONS = (64, 128, 512)
 SPLITS = ("train", "test")
 MIN_VARIATION = 1.0  # the largest |target − identity| of a pair is at least this
+IDENTITY_BACKGROUND = "identity_background"  # the identity image's own background condition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,7 @@ class SyntheticFacesSpec:
     pairs_per_identity: int = 4
     au_active: float = 0.4  # probability that an AU is active in an image
     seed: int = 0
+    same_pose_and_scene: bool = False  # True: the target keeps the identity image's pose and scene
 
     def __post_init__(self):
         if self.resolution not in RESOLUTIONS:
@@ -58,7 +63,7 @@ class SyntheticFacesSpec:
             return f"{self.resolution}px"
         return (
             f"{self.resolution}px_{self.train_pairs}x{self.test_pairs}_p{self.pairs_per_identity}"
-            f"_a{self.au_active:g}_s{self.seed}"
+            f"_a{self.au_active:g}_s{self.seed}{'_same' if self.same_pose_and_scene else ''}"
         )
 
 
@@ -112,16 +117,23 @@ def synthetic_example(spec: SyntheticFacesSpec, split: str, index: int) -> dict:
     person = index // spec.pairs_per_identity
     identity = face_params.sample_identity(np.random.default_rng([spec.seed, split_code, person]))
     rng = np.random.default_rng([spec.seed, split_code, person, index])
-    pose, scene = face_params.sample_pose(rng), face_params.sample_scene(rng)
+    source_pose, source_scene = face_params.sample_pose(rng), face_params.sample_scene(rng)
     identity_aus, target_aus = _sample_pair_aus(rng, spec.au_active)
-    backdrop = render_scene(scene, spec.resolution)
-    source = render_face(identity, pose, identity_aus, backdrop)
-    target = render_face(identity, pose, target_aus, backdrop)
-    condition = background_condition(target.image, target.person_mask, target.landmarks)
+    if spec.same_pose_and_scene:
+        target_pose, target_scene = source_pose, source_scene
+    else:
+        target_pose, target_scene = face_params.sample_pose(rng), face_params.sample_scene(rng)
+    source = render_face(identity, source_pose, identity_aus, render_scene(source_scene, spec.resolution))
+    target = render_face(identity, target_pose, target_aus, render_scene(target_scene, spec.resolution))
     return {
         features.IDENTITY_IMAGE: encode_png(source.image),
         features.TARGET_IMAGE: encode_png(target.image),
-        features.BACKGROUND: encode_png(condition),
+        features.BACKGROUND: encode_png(
+            background_condition(target.image, target.person_mask, target.landmarks)
+        ),
+        IDENTITY_BACKGROUND: encode_png(
+            background_condition(source.image, source.person_mask, source.landmarks)
+        ),
         features.AU_VARIATION: target_aus - identity_aus,
         "identity_aus": identity_aus,
         "target_aus": target_aus,
@@ -130,11 +142,14 @@ def synthetic_example(spec: SyntheticFacesSpec, split: str, index: int) -> dict:
         "identity_landmarks": source.landmarks,
         "identity_face_mask": encode_png(source.face_mask),
         "target_face_mask": encode_png(target.face_mask),
+        "identity_person_mask": encode_png(source.person_mask),
         "target_person_mask": encode_png(target.person_mask),
         "factors": {
             "identity": _factors(identity),
-            "pose": _factors(pose),
-            "scene": _factors(scene),
+            "identity_pose": _factors(source_pose),
+            "identity_scene": _factors(source_scene),
+            "target_pose": _factors(target_pose),
+            "target_scene": _factors(target_scene),
         },
     }
 
@@ -147,8 +162,12 @@ def _example_task(task: tuple[SyntheticFacesSpec, str, int]) -> tuple[int, dict]
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
     """Pairs of procedural faces at 64², 128² or 512²; other specs: `config=SyntheticFacesConfig(spec)`."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}  # noqa: RUF012 (tfds reads a class attribute)
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {  # noqa: RUF012 (tfds reads a class attribute)
+        "1.0.0": "First release.",
+        "2.0.0": "Targets differ from the identity image in pose and scene; the identity image's background "
+        "condition, person mask, pose and scene are stored.",
+    }
     BUILDER_CONFIGS = [SyntheticFacesConfig(SyntheticFacesSpec(resolution=r)) for r in RESOLUTIONS]  # noqa: RUF012
 
     def __init__(self, *, workers: int = 1, **kwargs):
@@ -171,14 +190,21 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
                 {
                     **features.pair_features(size),
                     "identity_landmarks": features.landmarks("landmarks of the identity image"),
+                    IDENTITY_BACKGROUND: features.png(
+                        f"the identity image's own background condition, uint8 ({size}, {size}, 3): what an "
+                        "edit of it takes at inference"
+                    ),
                     "identity_face_mask": features.png(f"face of the identity image, {mask}"),
                     "target_face_mask": features.png(f"face of the target image, {mask}"),
+                    "identity_person_mask": features.png(f"the whole person in the identity image, {mask}"),
                     "target_person_mask": features.png(f"the whole person in the target image, {mask}"),
                     "factors": tfds.features.FeaturesDict(
                         {
                             "identity": _factor_features(face_params.Identity),
-                            "pose": _factor_features(face_params.Pose),
-                            "scene": _factor_features(face_params.Scene),
+                            "identity_pose": _factor_features(face_params.Pose),
+                            "identity_scene": _factor_features(face_params.Scene),
+                            "target_pose": _factor_features(face_params.Pose),
+                            "target_scene": _factor_features(face_params.Scene),
                         }
                     ),
                 }

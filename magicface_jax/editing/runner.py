@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import jax
@@ -49,14 +50,20 @@ class Timing:
 
 
 class Editor:
-    """Edits with one pipeline and one set of sampling settings."""
+    """Edits with one pipeline and one set of sampling settings. `executables`: where compiled programs
+    are kept, to share them between editors of one pipeline (default: this editor's own)."""
 
-    def __init__(self, pipe: MagicFacePipeline, settings: EditSettings):
+    def __init__(
+        self,
+        pipe: MagicFacePipeline,
+        settings: EditSettings,
+        executables: MutableMapping[Any, Any] | None = None,
+    ):
         self.pipe = pipe
         self.settings = settings
         self.sampler = pipe.make_sampler(settings.sampler, settings.steps, settings.guidance)
         self.timing = Timing()
-        self._executables: dict[Any, Any] = {}
+        self._executables = {} if executables is None else executables
 
     @property
     def num_devices(self) -> int:

@@ -48,7 +48,7 @@ def require_face_dependencies() -> None:
         raise FaceDependencyError(f"face preprocessing needs {', '.join(missing)}: {INSTALL_HINT}")
 
 
-def _model_file(name: str) -> str:
+def model_file(name: str) -> str:
     # Located without importing the package: its __init__ imports pkg_resources, which recent
     # setuptools no longer ships.
     spec = importlib.util.find_spec("face_recognition_models")
@@ -73,7 +73,7 @@ def _cnn_detector():
     require_face_dependencies()
     import dlib
 
-    return dlib.cnn_face_detection_model_v1(_model_file("mmod_human_face_detector.dat"))
+    return dlib.cnn_face_detection_model_v1(model_file("mmod_human_face_detector.dat"))
 
 
 @functools.cache
@@ -81,7 +81,7 @@ def _shape_predictor():
     require_face_dependencies()
     import dlib
 
-    return dlib.shape_predictor(_model_file("shape_predictor_68_face_landmarks.dat"))
+    return dlib.shape_predictor(model_file("shape_predictor_68_face_landmarks.dat"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,158 @@
+"""Trains one VAE of the synthetic setting's design study and measures whether expressions survive it.
+
+    python benchmarks/synthetic_vae.py --resolution 64 --widths 32,64,64 --steps 1500 --out runs/vae64_f4
+
+Trains `magicface_jax.training.autoencoder` on both images of `--pairs` synthetic_faces train pairs
+(resuming from OUT/state), exports the frozen VAE to OUT/export, then on held-out test pairs reports the
+reconstruction error in the face box and in the brows, eyes and mouth, and for AU12 (mouth), AU1 and AU4
+(brows) and AU5 (eyes) the rendered change from intensity 0 to 4 against the VAE's error there
+(`magicface_jax.evaluation.vae_study`). Writes OUT/result.json and OUT/reconstruction.png (original,
+reconstruction and 4 × |difference| of each part for a few test faces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from magicface_jax import cli
+from magicface_jax.atomic import atomic_file
+from magicface_jax.config import VAEConfig
+from magicface_jax.data.synthetic_faces import SyntheticFacesSpec
+from magicface_jax.evaluation import vae_study
+from magicface_jax.evaluation.regions import part_box
+from magicface_jax.training import autoencoder
+
+PROBED_AUS = ("AU12", "AU1", "AU4", "AU5")
+PICTURE_PARTS = ("brows", "eyes", "mouth")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(prog="benchmarks/synthetic_vae.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--resolution", type=int, default=64, choices=(64, 128))
+    parser.add_argument("--widths", default="32,64,64", help="block widths; downsampling = 2^(count − 1)")
+    parser.add_argument("--layers", type=int, default=1, help="resnets per encoder block")
+    parser.add_argument("--latent-channels", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--face-weight", type=float, default=1.0)
+    parser.add_argument("--pairs", type=int, default=1000, help="train pairs rendered (two images each)")
+    parser.add_argument("--test-pairs", type=int, default=64)
+    parser.add_argument("--probe-people", type=int, default=16)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--time-limit", type=float, default=None, help="seconds of training in this run")
+    parser.add_argument("--measure-only", action="store_true", help="measure OUT/export without training")
+    parser.add_argument("--out", required=True)
+    return parser
+
+
+def _config(args) -> autoencoder.AutoencoderTrainConfig:
+    widths = tuple(int(w) for w in args.widths.split(","))
+    vae = VAEConfig(
+        latent_channels=args.latent_channels,
+        block_out_channels=widths,
+        layers_per_block=args.layers,
+        norm_num_groups=8,
+        sample_size=args.resolution,
+    )
+    return autoencoder.AutoencoderTrainConfig(
+        vae=vae,
+        resolution=args.resolution,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        face_weight=args.face_weight,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def _picture(images, recons, landmarks, path: Path, faces: int = 3, height: int = 48) -> None:
+    rows = []
+    for image, recon, points in list(zip(images, recons, landmarks, strict=True))[:faces]:
+        diff = np.clip(4 * np.abs(recon.astype(int) - image), 0, 255).astype(np.uint8)
+        tiles = []
+        for part in PICTURE_PARTS:
+            top, bottom, left, right = part_box(points, part, image.shape[0])
+            column = [Image.fromarray(x[top:bottom, left:right]) for x in (image, recon, diff)]
+            scale = height / column[0].height
+            size = (max(1, round(column[0].width * scale)), height)
+            tiles.append(
+                np.concatenate([np.asarray(c.resize(size, Image.Resampling.NEAREST)) for c in column])
+            )
+            tiles.append(np.full((3 * height, 4, 3), 255, np.uint8))
+        rows.append(np.concatenate(tiles, axis=1))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    width = max(r.shape[1] for r in rows)
+    grid = np.concatenate(
+        [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    )
+    with atomic_file(path) as partial:
+        Image.fromarray(grid).save(partial, format="PNG")
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    config = _config(args)
+    out = Path(args.out)
+    spec = SyntheticFacesSpec(resolution=args.resolution, seed=0)
+    export = out / "export"
+    train_seconds = 0.0
+    if not args.measure_only:
+        start = time.perf_counter()
+        pool = autoencoder.synthetic_images(spec, "train", args.pairs)
+        print(f"rendered {len(pool[0])} training images in {time.perf_counter() - start:.0f} s")
+        start = time.perf_counter()
+        state = autoencoder.train(config, pool, out, log_every=25, time_limit_s=args.time_limit)
+        train_seconds = time.perf_counter() - start
+        autoencoder.export_vae(export, config, state.params, pool[0][:256], int(state.step), overwrite=True)
+    vae_config, params, vae_steps = autoencoder.load_vae(export)
+
+    def reconstruct(images):
+        return autoencoder.reconstruct(vae_config, params, images)
+
+    test, _ = autoencoder.synthetic_images(spec, "test", args.test_pairs)
+    from magicface_jax.data.synthetic_faces import synthetic_example
+
+    landmarks = np.stack(
+        [
+            synthetic_example(spec, "test", i)[key]
+            for i in range(args.test_pairs)
+            for key in ("identity_landmarks", "target_landmarks")
+        ]
+    )
+    recons = reconstruct(test)
+    errors = {part: vae_study.part_error(test, recons, landmarks, part) for part in ("face", *PICTURE_PARTS)}
+    face_rmse = vae_study.part_rmse(test, recons, landmarks, "face")
+    aus = {
+        au: vae_study.au_survival(vae_study.au_probe(au, args.resolution, args.probe_people), reconstruct)
+        for au in PROBED_AUS
+    }
+    result = {
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "steps_done": vae_steps,
+        "vae": {
+            "widths": list(vae_config.block_out_channels),
+            "downsample": vae_config.downsample_factor,
+            "latent": f"{args.resolution // vae_config.downsample_factor}² × {vae_config.latent_channels}",
+            "scaling_factor": vae_config.scaling_factor,
+        },
+        "train_seconds_this_run": round(train_seconds, 1),
+        "face_box_rmse_01": face_rmse,
+        "mean_abs_error_255": errors,
+        "au_change_vs_vae_error_255": aus,
+    }
+    with atomic_file(out / "result.json") as partial:
+        partial.write_text(json.dumps(result, indent=2))
+    _picture(test, recons, landmarks, out / "reconstruction.png")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,249 @@
+"""Edits held-out pairs and measures the edits: for each pair, the identity image is edited by the pair's AU
+variation with its own background condition (as at inference), and the paper's four metrics compare the
+edit with what was asked; the no-edit baseline (the source returned unchanged) is measured the same way.
+
+    pairs = load_pairs("synthetic_faces/64px", "test", data_dir=DIR, num=50)
+    report = evaluate(pipe, pairs, [Setting("unipc", 20, 3.0)], estimators)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from magicface_jax.data import features
+from magicface_jax.data.png import decode_mask, decode_png
+from magicface_jax.data.synthetic_faces import IDENTITY_BACKGROUND
+from magicface_jax.errors import MagicFaceError
+from magicface_jax.evaluation import metrics
+from magicface_jax.evaluation.estimators import Estimators
+from magicface_jax.images import save_image, to_uint8
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPairs:
+    """N held-out pairs, ready to edit."""
+
+    sources: np.ndarray  # uint8 (N, S, S, 3): the identity images
+    backgrounds: np.ndarray  # uint8 (N, S, S, 3): each identity image's own background condition
+    identity_aus: np.ndarray  # (N, 12)
+    variations: np.ndarray  # (N, 12): target − identity
+    face_masks: np.ndarray  # bool (N, S, S): the sources' faces (left out of the background RMSE)
+    names: tuple[str, ...]  # "pair00012"
+
+    @property
+    def requested(self) -> np.ndarray:
+        return metrics.requested_aus(self.identity_aus, self.variations)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    sampler: str
+    steps: int
+    guidance: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.sampler}_s{self.steps}_g{self.guidance:g}"
+
+
+SYNTHETIC, PHOTOS = "synthetic", "photos"
+
+
+def dataset_kind(dataset: str | Path, split: str, data_dir: str | Path | None = None) -> str:
+    """SYNTHETIC for `synthetic_faces` (its records carry the identity image's condition), else PHOTOS."""
+    from magicface_jax.data.pipeline import open_source
+
+    source = open_source(dataset, split, data_dir)
+    if len(source) < 1:
+        raise MagicFaceError(f"split {split!r} of {dataset} holds no pairs")
+    return SYNTHETIC if IDENTITY_BACKGROUND in source[0] else PHOTOS
+
+
+def estimators_for(kind: str, estimator: str | Path | None, openface=None):
+    """(Estimators, PhotoFaces or None) for a dataset kind: the synthetic estimator from its folder, or for
+    photographs dlib's identity and pose with AUs from `openface` (a `photos.OpenFaceAUs`), else the
+    landmark proxy."""
+    if kind == SYNTHETIC:
+        if estimator is None:
+            raise MagicFaceError(
+                "a synthetic dataset is measured by the synthetic estimator: pass --estimator DIR (train one "
+                "with python -m magicface_jax.evaluation.train_estimator)"
+            )
+        if openface is not None:
+            raise MagicFaceError("--openface applies to photographs; synthetic AUs come from --estimator")
+        from magicface_jax.evaluation.synthetic import SyntheticEstimator
+
+        regressor = SyntheticEstimator.load(estimator)
+        return Estimators(regressor, regressor, regressor), None
+    if estimator is not None:
+        raise MagicFaceError("--estimator is the synthetic estimator; photographs use dlib and --openface")
+    from magicface_jax.evaluation import photos
+
+    faces = photos.PhotoFaces()
+    aus = openface if openface is not None else photos.LandmarkAUProxy.fit().with_faces(faces)
+    return Estimators(aus, faces, faces), faces
+
+
+def load_pairs(
+    dataset: str | Path,
+    split: str,
+    data_dir: str | Path | None = None,
+    num: int | None = None,
+    photo_faces=None,
+) -> EvalPairs:
+    """The first `num` pairs of a `synthetic_faces` or `magicface_pairs` split. Synthetic records carry the
+    identity image's condition and face mask; for photographs (`magicface_pairs`) the condition is built
+    from the identity image by the face preprocessing and the face mask comes from `photo_faces`
+    (a `photos.PhotoFaces`)."""
+    from magicface_jax.data.pipeline import open_source
+
+    source = open_source(dataset, split, data_dir)
+    count = len(source) if num is None else min(num, len(source))
+    if count < 1:
+        raise MagicFaceError(f"split {split!r} of {dataset} holds no pairs")
+    records = [source[i] for i in range(count)]
+    sources = np.stack([decode_png(r[features.IDENTITY_IMAGE]) for r in records])
+    if IDENTITY_BACKGROUND in records[0]:
+        backgrounds = np.stack([decode_png(r[IDENTITY_BACKGROUND]) for r in records])
+        masks = np.stack([decode_mask(r["identity_face_mask"]) for r in records])
+    else:
+        if photo_faces is None:
+            raise MagicFaceError(f"{dataset} holds photographs: evaluating them needs the photo estimators")
+        from magicface_jax.faces.preprocess import build_background
+
+        backgrounds = np.stack([build_background(image).background for image in sources])
+        masks = photo_faces.face_masks(sources)
+    return EvalPairs(
+        sources=sources,
+        backgrounds=backgrounds,
+        identity_aus=np.stack([np.asarray(r["identity_aus"], np.float64) for r in records]),
+        variations=np.stack([np.asarray(r[features.AU_VARIATION], np.float64) for r in records]),
+        face_masks=masks,
+        names=tuple(f"pair{i:05d}" for i in range(count)),
+    )
+
+
+def measure(pairs: EvalPairs, edited: np.ndarray, names: Sequence[str], estimators: Estimators) -> dict:
+    """The four metrics of `edited` (uint8 (N, S, S, 3)) against the pairs' sources and requests."""
+    return {
+        "au_mse": metrics.au_mse(pairs.requested, estimators.aus.aus(edited, names)),
+        "id_l2": metrics.id_l2(estimators.identity.embed(pairs.sources), estimators.identity.embed(edited)),
+        "background_rmse": metrics.background_rmse(pairs.sources, edited, pairs.face_masks),
+        "pose_rmse_degrees": metrics.pose_rmse(
+            estimators.pose.pose(pairs.sources), estimators.pose.pose(edited)
+        ),
+    }
+
+
+def edit_pairs(pipe, pairs: EvalPairs, setting: Setting, seed: int = 0, batch_size: int = 8) -> np.ndarray:
+    """Each source edited by its variation with `pipe` (a MagicFacePipeline): uint8 (N, S, S, 3)."""
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = slice(start, start + batch_size)
+        images = pipe(
+            list(pairs.sources[chunk]),
+            list(pairs.backgrounds[chunk]),
+            pairs.variations[chunk].astype(np.float32),
+            num_inference_steps=setting.steps,
+            guidance_scale=setting.guidance,
+            scheduler=setting.sampler,
+            seed=seed + start,
+            output_type="np",
+        )
+        out.append(to_uint8(images))
+    return np.concatenate(out)
+
+
+def evaluate(
+    pipe,
+    pairs: EvalPairs,
+    settings: Sequence[Setting],
+    estimators: Estimators,
+    seed: int = 0,
+    batch_size: int = 8,
+    save_edits: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """{"baseline": metrics, "settings": [{"setting", ...metrics}], "estimators": labels and held-out
+    errors, "pairs": N}. With `save_edits`, every edit is written there as NAME_SETTING.png (and each source
+    as NAME_source.png), the names under which an AU reader such as OpenFace's finds them."""
+    baseline_names = [f"{name}_source" for name in pairs.names]
+    if save_edits is not None:
+        for name, image in zip(baseline_names, pairs.sources, strict=True):
+            save_image(image, save_edits / f"{name}.png")
+    report = {
+        "pairs": len(pairs),
+        "estimators": {
+            "aus": estimators.aus.label,
+            "identity": estimators.identity.label,
+            "pose": estimators.pose.label,
+            "pose_unit": metrics.POSE_UNIT,
+            "held_out": estimators.held_out(),
+        },
+        "baseline": measure(pairs, pairs.sources, baseline_names, estimators),
+        "settings": [],
+    }
+    noise = estimator_noise(report["estimators"]["held_out"])
+    log(format_estimators(report))
+    log(format_row("no edit (source returned)", report["baseline"], noise))
+    for setting in settings:
+        edited = edit_pairs(pipe, pairs, setting, seed, batch_size)
+        names = [f"{name}_{setting.name}" for name in pairs.names]
+        if save_edits is not None:
+            for name, image in zip(names, edited, strict=True):
+                save_image(image, save_edits / f"{name}.png")
+        row = {"setting": dataclasses.asdict(setting), **measure(pairs, edited, names, estimators)}
+        report["settings"].append(row)
+        log(format_row(setting.name, row, noise))
+    return report
+
+
+# Where each metric's estimator reports its own error on held-out data (the first key present counts).
+_NOISE_KEYS = {
+    "au_mse": ("aus", ("au_mse", "au_mse_on_synthetic_landmarks")),
+    "id_l2": ("identity", ("id_l2_same_person",)),
+    "pose_rmse_degrees": ("pose", ("pose_rmse_degrees",)),
+}
+
+
+def estimator_noise(held_out: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per metric, the estimator's own held-out error in the metric's unit, where it reports one."""
+    noise = {}
+    for metric, (what, keys) in _NOISE_KEYS.items():
+        found = [held_out[what][k] for k in keys if k in held_out[what]]
+        if found:
+            noise[metric] = found[0]
+    return noise
+
+
+def format_row(name: str, row: dict, noise: dict[str, float]) -> str:
+    """One result line; next to each metric, the estimator's own held-out error where known."""
+
+    def own(metric: str, unit: str = "") -> str:
+        return f" (estimator's own {noise[metric]:.3g}{unit})" if metric in noise else ""
+
+    return (
+        f"{name}: AU MSE {row['au_mse']:.3f}{own('au_mse')}, ID L2 {row['id_l2']:.3f}{own('id_l2')}, "
+        f"background RMSE {row['background_rmse']:.4f}, head-pose RMSE {row['pose_rmse_degrees']:.2f}°"
+        f"{own('pose_rmse_degrees', '°')}"
+    )
+
+
+def format_estimators(report: dict) -> str:
+    """One line naming the estimators and their own held-out errors."""
+    parts, shown = [], set()
+    for what in ("aus", "identity", "pose"):
+        label = report["estimators"][what]
+        held = report["estimators"]["held_out"][what]
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in held.items() if isinstance(v, float))
+        new_figures = figures and label not in shown  # one estimator serving several metrics: once
+        parts.append(f"{what}: {label}" + (f" (held out: {figures})" if new_figures else ""))
+        shown.add(label)
+    return f"estimators ({report['estimators']['pose_unit']} for pose) — " + "; ".join(parts)

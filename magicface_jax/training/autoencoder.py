@@ -1,0 +1,272 @@
+"""The synthetic world's frozen VAE: an `AutoencoderKL` trained on `synthetic_faces` images, which MagicFace
+then uses as it uses Stable Diffusion's VAE (frozen; identity and background latents unscaled).
+
+    config = AutoencoderTrainConfig(vae=SYNTHETIC_VAE, resolution=64, steps=3000)
+    images = synthetic_images(SyntheticFacesSpec(resolution=64, seed=0), "train", 1000)  # images, masks
+    state = train(config, images, "runs/vae")         # resumes from runs/vae/state if it is there
+    export_vae("runs/vae/export", config, state.params, images[0][:256], int(state.step))
+    vae_config, params, steps = load_vae("runs/vae/export")
+
+The loss is L1 reconstruction of the posterior sample's decode plus `kl_weight` × the KL divergence from
+N(0, 1), the reconstruction weighted by `face_weight` inside the face mask. L1, not L2: L2 averages a thin
+dark stroke (a brow, a lid line, the lip line) into a blur, since a blur costs it little, while L1's cost
+of a blur grows linearly with the stroke's contrast; SD's VAE is trained with L1 (plus perceptual and
+adversarial terms that we leave out). The KL term is kept small (SD: 1e-6) so that it only bounds the
+latents' scale; `export_vae` then sets `scaling_factor` to 1 / std of the latent means, as SD's 0.18215 was
+chosen, so that scaled latents have unit variance for the diffusion schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from magicface_jax.atomic import atomic_directory
+from magicface_jax.config import VAEConfig
+from magicface_jax.errors import MagicFaceError
+from magicface_jax.images import to_model_input
+from magicface_jax.models.magicface import init_vae, unbox
+from magicface_jax.models.vae import AutoencoderKL, sample_posterior
+
+STATE_DIR = "state"
+EXPORT_CONFIG = "vae.json"
+EXPORT_PARAMS = "params"
+
+# The synthetic setting's VAE at 64² (docs/evaluation.md): downsampling 4, latents 16² × 4.
+SYNTHETIC_VAE = VAEConfig(
+    block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8, sample_size=64
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    vae: VAEConfig = SYNTHETIC_VAE
+    resolution: int = 64
+    steps: int = 2000
+    batch_size: int = 16
+    learning_rate: float = 2e-3  # AdamW peak, after a linear warmup, then cosine decay to 10 %
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    kl_weight: float = 1e-6
+    face_weight: float = 1.0  # weight of a face pixel's reconstruction error relative to the rest
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.resolution % self.vae.downsample_factor:
+            raise MagicFaceError(
+                f"resolution {self.resolution} is not a multiple of the VAE's downsampling "
+                f"{self.vae.downsample_factor}"
+            )
+        if min(self.steps, self.batch_size, self.checkpoint_every) < 1 or self.warmup_steps < 0:
+            raise MagicFaceError("steps, batch_size and checkpoint_every must be ≥ 1, warmup_steps ≥ 0")
+        if min(self.learning_rate, self.kl_weight, self.face_weight) < 0:
+            raise MagicFaceError("learning_rate, kl_weight and face_weight must be ≥ 0")
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def optimizer(config: AutoencoderTrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1), 0.1
+    )
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+
+def init_state(config: AutoencoderTrainConfig) -> TrainState:
+    params_rng, rng = jax.random.split(jax.random.key(config.seed))
+    params = unbox(init_vae(config.vae, params_rng))
+    return TrainState(jnp.int32(0), params, optimizer(config).init(params), jax.random.key_data(rng))
+
+
+def loss_fn(model: AutoencoderKL, params, images, weights, rng, kl_weight: float):
+    """(loss, metrics) for images (B, S, S, 3) in [-1, 1] and per-pixel weights (B, S, S)."""
+    mean, logvar = model.apply({"params": params}, images, method=AutoencoderKL.encode)
+    latents = sample_posterior(mean, logvar, rng)
+    recon = model.apply({"params": params}, latents, method=AutoencoderKL.decode)
+    error = jnp.abs(recon - images).mean(-1)
+    l1 = (weights * error).sum() / weights.sum()
+    kl = 0.5 * (mean**2 + jnp.exp(logvar) - 1.0 - logvar).sum((1, 2, 3)).mean()
+    return l1 + kl_weight * kl, {"l1": l1, "kl": kl}
+
+
+@functools.cache
+def make_train_step(config: AutoencoderTrainConfig) -> Callable:
+    """The jitted step (state, images, weights) -> (state, metrics); one per config, so a resumed run in
+    the same process reuses the compiled program."""
+    model, tx = AutoencoderKL(config.vae), optimizer(config)
+
+    def step(state: TrainState, images, weights):
+        rng, sample_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+        grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
+        (loss, metrics), grads = grad_fn(model, state.params, images, weights, sample_rng, config.kl_weight)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = TrainState(state.step + 1, params, opt_state, jax.random.key_data(rng))
+        return new, {"loss": loss, **metrics}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def synthetic_images(spec, split: str, num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both images of the first `num_pairs` pairs of a `synthetic_faces` spec: uint8 (2N, S, S, 3) and
+    their face masks bool (2N, S, S)."""
+    from magicface_jax.data import features
+    from magicface_jax.data.png import decode_mask, decode_png
+    from magicface_jax.data.synthetic_faces import synthetic_example
+
+    images, masks = [], []
+    for index in range(num_pairs):
+        example = synthetic_example(spec, split, index)
+        for image, mask in (
+            (features.IDENTITY_IMAGE, "identity_face_mask"),
+            (features.TARGET_IMAGE, "target_face_mask"),
+        ):
+            images.append(decode_png(example[image]))
+            masks.append(decode_mask(example[mask]))
+    return np.stack(images), np.stack(masks)
+
+
+def _manager(directory: Path):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    return ocp.CheckpointManager((directory / STATE_DIR).absolute(), options=options)
+
+
+def train(
+    config: AutoencoderTrainConfig,
+    data: tuple[np.ndarray, np.ndarray],
+    directory: str | Path,
+    log: Callable[[str], None] = print,
+    log_every: int = 100,
+    time_limit_s: float | None = None,
+) -> TrainState:
+    """Trains on random batches of `data` (images uint8, face masks bool); checkpoints the state under
+    `directory` every `checkpoint_every` steps and at the end, and resumes from the latest one. With
+    `time_limit_s`, stops (and checkpoints) once that much time has passed: the same call later goes on."""
+    import orbax.checkpoint as ocp
+
+    images, masks = data
+    if images.shape[1:3] != (config.resolution, config.resolution):
+        raise MagicFaceError(f"images are {images.shape[1:3]}, the config trains at {config.resolution}²")
+    manager = _manager(Path(directory))
+    state = init_state(config)
+    if manager.latest_step() is not None:
+        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+        log(f"resumed from step {int(state.step)}")
+    step_fn = make_train_step(config)
+    weights = np.where(masks, np.float32(config.face_weight), np.float32(1.0))
+    start = time.perf_counter()
+    for step in range(int(state.step), config.steps):
+        batch = np.random.default_rng([config.seed, step]).integers(len(images), size=config.batch_size)
+        state, metrics = step_fn(state, to_model_input(images[batch]), weights[batch])
+        done = step + 1
+        if done % log_every == 0 or done == config.steps:
+            values = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
+            log(f"step {done}: {values} ({time.perf_counter() - start:.0f} s)")
+        out_of_time = time_limit_s is not None and time.perf_counter() - start > time_limit_s
+        if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
+            manager.save(done, args=ocp.args.StandardSave(state))
+        if out_of_time:
+            log(f"stopped at step {done} after {time_limit_s:.0f} s; the same call continues from there")
+            break
+    manager.wait_until_finished()
+    return state
+
+
+@functools.cache
+def _encoder(vae_config: VAEConfig):
+    model = AutoencoderKL(vae_config)
+    return jax.jit(lambda params, x: model.apply({"params": params}, x, method=AutoencoderKL.encode)[0])
+
+
+@functools.cache
+def _autoencoder(vae_config: VAEConfig):
+    model = AutoencoderKL(vae_config)
+    return jax.jit(lambda params, x: model.apply({"params": params}, x))
+
+
+def _batched(fn, params, images: np.ndarray, batch: int) -> np.ndarray:
+    """`fn` over `images` in batches of `batch`, the last one padded: one compilation for any count."""
+    out = []
+    for i in range(0, len(images), batch):
+        chunk = images[i : i + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+        out.append(np.asarray(fn(params, to_model_input(padded)))[: len(chunk)])
+    return np.concatenate(out)
+
+
+def encode(vae_config: VAEConfig, params, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """uint8 images (N, S, S, 3) -> unscaled posterior means (N, S/f, S/f, C)."""
+    return _batched(_encoder(vae_config), params, images, batch)
+
+
+def reconstruct(vae_config: VAEConfig, params, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """uint8 images (N, S, S, 3) -> their reconstructions through the posterior mean, uint8."""
+    out = _batched(_autoencoder(vae_config), params, images, batch)
+    return np.clip((out + 1) * 127.5, 0, 255).round().astype(np.uint8)
+
+
+def latent_scaling_factor(vae_config: VAEConfig, params, images: np.ndarray) -> float:
+    """1 / std of the unscaled latent means of `images`: scaled latents then have unit variance."""
+    return float(1.0 / encode(vae_config, params, images).std())
+
+
+class ExportedVAE(NamedTuple):
+    config: VAEConfig  # with the measured scaling factor
+    params: dict
+    steps: int  # training steps behind it
+
+
+def export_vae(
+    directory: str | Path,
+    config: AutoencoderTrainConfig,
+    params,
+    images: np.ndarray,
+    steps: int,
+    overwrite: bool = False,
+) -> VAEConfig:
+    """Writes the frozen VAE (its config with the scaling factor measured on `images`, its parameters and
+    the number of training steps behind them) to `directory`, atomically; returns that config."""
+    import orbax.checkpoint as ocp
+
+    vae_config = dataclasses.replace(
+        config.vae,
+        scaling_factor=latent_scaling_factor(config.vae, params, images),
+        sample_size=config.resolution,
+    )
+    with atomic_directory(directory, overwrite) as partial:
+        meta = {"vae": dataclasses.asdict(vae_config), "steps": steps}
+        (partial / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
+        ocp.PyTreeCheckpointer().save((partial / EXPORT_PARAMS).absolute(), jax.device_get(params))
+    return vae_config
+
+
+def load_vae(directory: str | Path) -> ExportedVAE:
+    """What `export_vae` wrote."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory)
+    if not (directory / EXPORT_CONFIG).is_file():
+        raise MagicFaceError(f"{directory} holds no exported VAE ({EXPORT_CONFIG} is missing)")
+    meta = json.loads((directory / EXPORT_CONFIG).read_text())
+    vae_config = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()})
+    params = ocp.PyTreeCheckpointer().restore((directory / EXPORT_PARAMS).absolute())
+    return ExportedVAE(vae_config, params, int(meta["steps"]))

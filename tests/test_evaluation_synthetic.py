@@ -1,0 +1,189 @@
+"""The synthetic estimator, the VAE study's measurements, and evaluate.py end to end on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from magicface_jax.cli import run
+from magicface_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig, SyntheticFacesSpec
+from magicface_jax.errors import MagicFaceError
+from magicface_jax.evaluation import synthetic, vae_study
+
+TINY = synthetic.RegressorConfig(input_size=32, widths=(8, 16), hidden=16, batch_size=4)
+SPEC = SyntheticFacesSpec(resolution=64, train_pairs=2, test_pairs=3, pairs_per_identity=1, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_estimator(tmp_path_factory):
+    """A regressor trained for a few steps on two pairs, saved: enough to exercise every interface."""
+    train = synthetic.labelled_images(synthetic.rendered_records(SPEC, "train", 2))
+    test = synthetic.labelled_images(synthetic.rendered_records(SPEC, "test", 2))
+    estimator = synthetic.train_estimator(TINY, train, test, steps=3, log=lambda _: None)
+    directory = tmp_path_factory.mktemp("estimator") / "estimator"
+    estimator.save(directory)
+    return directory, estimator, test
+
+
+def test_estimator_reads_every_factor_and_survives_a_round_trip(tiny_estimator):
+    directory, estimator, test = tiny_estimator
+    loaded = synthetic.SyntheticEstimator.load(directory)
+    assert loaded.config == TINY
+    np.testing.assert_allclose(loaded.aus(test.images), estimator.aus(test.images), atol=1e-5)
+    assert loaded.aus(test.images).shape == (4, 12)
+    assert loaded.embed(test.images).shape == (4, len(test.targets["identity"][0]))
+    pose = loaded.pose(test.images)
+    assert pose.shape == (4, 3) and (pose[:, 1] == 0).all()  # the synthetic world has no pitch
+    held_out = loaded.held_out()
+    for key in ("au_mse", "au_mse_constant", "pose_rmse_degrees", "id_l2_same_person"):
+        assert np.isfinite(held_out[key])
+    with pytest.raises(MagicFaceError, match="already exists"):
+        estimator.save(directory)
+    with pytest.raises(MagicFaceError, match="no synthetic estimator"):
+        synthetic.SyntheticEstimator.load(directory.parent)
+
+
+def test_labelled_images_carry_both_images_truth():
+    records = synthetic.rendered_records(SPEC, "test", 1)
+    data = synthetic.labelled_images(records)
+    assert data.images.shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(data.targets["aus"][1], records[0]["target_aus"])
+    assert data.targets["pose"][0, 0] == pytest.approx(float(records[0]["factors"]["identity_pose"]["yaw"]))
+    assert data.targets["pose"][1, 1] == pytest.approx(
+        float(records[0]["factors"]["target_pose"]["rotation"])
+    )
+    np.testing.assert_array_equal(data.targets["identity"][0], data.targets["identity"][1])
+    assert data.person[0] == data.person[1]
+
+
+def test_au_probe_changes_only_its_part_and_a_perfect_vae_keeps_it_all():
+    probe = vae_study.au_probe("AU12", 64, 2)
+    change = np.abs(probe.high.astype(int) - probe.low).sum(-1)
+    assert change.any()
+    survival = vae_study.au_survival(probe, lambda images: images)
+    assert survival["part"] == "mouth" and survival["vae_error"] == 0 and survival["kept"] == 1
+    blurred = vae_study.au_survival(probe, lambda images: np.full_like(images, 128))
+    assert blurred["kept"] <= 0 and blurred["vae_error"] > blurred["change"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    SyntheticFaces(config=SyntheticFacesConfig(SPEC), data_dir=str(data_dir)).download_and_prepare()
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory):
+    from magicface_jax.demo import write_demo_checkpoint
+
+    directory = tmp_path_factory.mktemp("ckpt") / "demo"
+    write_demo_checkpoint(directory)
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def _one_device(monkeypatch):
+    """A batch of two would otherwise be padded to run on each of the 8 virtual devices."""
+    import jax
+
+    from magicface_jax.parallel.mesh import data_mesh
+    from magicface_jax.pipeline import MagicFacePipeline
+
+    load = MagicFacePipeline.from_pretrained.__func__
+    monkeypatch.setattr(
+        MagicFacePipeline,
+        "from_pretrained",
+        classmethod(lambda cls, directory: load(cls, directory, mesh=data_mesh(jax.devices()[:1]))),
+    )
+
+
+def _evaluate(*args):
+    import evaluate
+
+    return run(evaluate.main, [str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_evaluate_runs_on_a_tiny_checkpoint_and_measures_the_baseline_exactly(
+    tmp_path, tiny_dataset, tiny_estimator, demo_checkpoint, capsys
+):
+    report_path = tmp_path / "report.json"
+    edits = tmp_path / "edits"
+    argv = ["--checkpoint", demo_checkpoint, "--dataset", f"synthetic_faces/{SPEC.name}"]
+    argv += ["--data-dir", tiny_dataset, "--estimator", tiny_estimator[0], "--num", 2, "--steps", 2]
+    argv += ["--json", report_path, "--save-edits", edits]
+    assert _evaluate(*argv) == 0
+    out = capsys.readouterr().out
+    assert "no edit (source returned): AU MSE" in out and "unipc_s2_g3: AU MSE" in out
+    edit_line = next(line for line in out.splitlines() if line.startswith("unipc_s2_g3"))
+    assert "AU MSE" in edit_line and "(estimator's own " in edit_line and "°" in edit_line
+    assert "synthetic regressor (held out: au_mse" in out and "degrees for pose" in out
+    report = json.loads(report_path.read_text())
+    assert report["pairs"] == 2 and len(report["settings"]) == 1
+    baseline = report["baseline"]
+    # the source against itself: nothing moved
+    assert baseline["id_l2"] == 0 and baseline["background_rmse"] == 0 and baseline["pose_rmse_degrees"] == 0
+    assert baseline["au_mse"] > 0  # the source does not show the requested AUs
+    edited = report["settings"][0]
+    assert edited["setting"] == {"sampler": "unipc", "steps": 2, "guidance": 3.0}
+    assert 0 < edited["background_rmse"] <= 1
+    assert sorted(p.name for p in edits.iterdir())[:2] == [
+        "pair00000_source.png",
+        "pair00000_unipc_s2_g3.png",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--dataset": "synthetic_faces/nope"}, "cannot open split 'test'"),
+        ({"--checkpoint": "missing"}, "does not exist"),
+        ({"--estimator": None}, "pass --estimator DIR"),
+        ({"--num": "0"}, "--num must be"),
+        ({"--sampler": "plms"}, "invalid choice"),
+        ({"--openface": "CSVS"}, "no column for AU1"),
+        ({"--json": "nowhere/report.json"}, "its folder does not exist"),
+    ],
+)
+def test_evaluate_refuses_bad_arguments_in_one_line(
+    tmp_path, tiny_dataset, tiny_estimator, demo_checkpoint, capsys, change, message
+):
+    csvs = tmp_path / "openface"
+    csvs.mkdir()
+    (csvs / "pair00000_source.csv").write_text("frame,success,AU01_c\n1,1,1\n")
+    values = {
+        "--checkpoint": str(demo_checkpoint),
+        "--dataset": f"synthetic_faces/{SPEC.name}",
+        "--data-dir": str(tiny_dataset),
+        "--estimator": str(tiny_estimator[0]),
+    }
+    for key, value in change.items():
+        values[key] = {"CSVS": str(csvs), "missing": str(tmp_path / "missing")}.get(value, value)
+    argv = [item for key, value in values.items() if value is not None for item in (key, value)]
+    assert _evaluate(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_the_shipped_estimator_beats_a_constant_predictor_on_unseen_persons():
+    from magicface_jax.assets import SYNTHETIC_ESTIMATOR
+
+    estimator = synthetic.SyntheticEstimator.load(SYNTHETIC_ESTIMATOR)
+    # seed 1's test persons: neither the estimator's training persons (seed 0, train) nor its test persons
+    spec = SyntheticFacesSpec(resolution=64, seed=1, pairs_per_identity=1)  # a new person per pair
+    data = synthetic.labelled_images(synthetic.rendered_records(spec, "test", 12))
+    constant = estimator.normalization.mean
+    aus, pose = estimator.aus(data.images), estimator.pose(data.images)
+    assert ((aus - data.targets["aus"]) ** 2).mean() < ((constant["aus"] - data.targets["aus"]) ** 2).mean()
+    yaw_roll = pose[:, [0, 2]]
+    assert (
+        np.abs(yaw_roll - data.targets["pose"]).mean()
+        < np.abs(constant["pose"] - data.targets["pose"]).mean()
+    )
+    embedding = estimator.embed(data.images)
+    same = np.linalg.norm(embedding[0::2] - embedding[1::2], axis=-1).mean()  # a pair: one person
+    other = np.linalg.norm(embedding[0::2] - np.roll(embedding[0::2], 1, axis=0), axis=-1).mean()
+    assert same < other

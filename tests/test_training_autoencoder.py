@@ -1,0 +1,89 @@
+"""The synthetic world's VAE training: it learns, resumes exactly, and exports a frozen VAE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from magicface_jax.config import VAEConfig
+from magicface_jax.errors import MagicFaceError
+from magicface_jax.training import autoencoder
+
+VAE = VAEConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=16)
+CONFIG = autoencoder.AutoencoderTrainConfig(
+    vae=VAE, resolution=16, steps=6, batch_size=4, learning_rate=5e-3, warmup_steps=1, checkpoint_every=2
+)
+
+
+def _data(count: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth two-colour images with a square "face" whose colour varies."""
+    rng = np.random.default_rng(0)
+    images = np.empty((count, 16, 16, 3), np.uint8)
+    images[:] = rng.integers(40, 200, (count, 1, 1, 3))
+    masks = np.zeros((count, 16, 16), bool)
+    masks[:, 4:12, 4:12] = True
+    images[masks] = np.repeat(rng.integers(0, 255, (count, 3)), 64, axis=0)
+    return images, masks
+
+
+def _silent(_):
+    pass
+
+
+@pytest.mark.slow
+def test_training_lowers_the_reconstruction_error(tmp_path):
+    config = autoencoder.AutoencoderTrainConfig(
+        vae=VAE,
+        resolution=16,
+        steps=40,
+        batch_size=8,
+        learning_rate=5e-3,
+        warmup_steps=2,
+        checkpoint_every=40,
+    )
+    losses = []
+    autoencoder.train(config, _data(), tmp_path / "run", log=losses.append, log_every=10)
+    l1 = [float(line.split("l1 ")[1].split(",")[0]) for line in losses if line.startswith("step")]
+    assert len(l1) == 4 and l1[-1] < 0.8 * l1[0]
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_same_parameters(tmp_path):
+    data = _data()
+    whole = autoencoder.train(CONFIG, data, tmp_path / "whole", log=_silent)
+    log = []
+    cut = autoencoder.train(CONFIG, data, tmp_path / "cut", log=log.append, time_limit_s=0)
+    assert int(cut.step) == 1 and "stopped at step 1" in log[-1]
+    resumed = autoencoder.train(CONFIG, data, tmp_path / "cut", log=log.append)
+    assert "resumed from step 1" in log and int(resumed.step) == CONFIG.steps
+    for a, b in zip(
+        autoencoder.jax.tree.leaves(whole.params), autoencoder.jax.tree.leaves(resumed.params), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_export_sets_the_scaling_factor_and_loads_back(tmp_path):
+    images, _ = _data()
+    state = autoencoder.init_state(CONFIG)
+    exported = autoencoder.export_vae(tmp_path / "vae", CONFIG, state.params, images, steps=0)
+    latents = autoencoder.encode(VAE, state.params, images)
+    assert latents.shape == (8, 8, 8, 4)  # downsampling 2, 4 latent channels
+    assert exported.scaling_factor == pytest.approx(1 / latents.std(), rel=1e-5)
+    loaded = autoencoder.load_vae(tmp_path / "vae")
+    assert loaded.config == exported and loaded.steps == 0
+    np.testing.assert_array_equal(
+        autoencoder.reconstruct(VAE, loaded.params, images[:3]).shape, (3, 16, 16, 3)
+    )
+    with pytest.raises(MagicFaceError, match="already exists"):
+        autoencoder.export_vae(tmp_path / "vae", CONFIG, state.params, images, steps=0)
+    with pytest.raises(MagicFaceError, match="no exported VAE"):
+        autoencoder.load_vae(tmp_path)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(MagicFaceError, match="multiple"):
+        autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=17)
+    with pytest.raises(MagicFaceError, match="≥ 1"):
+        autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, steps=0)
+    with pytest.raises(MagicFaceError, match="trains at 32"):
+        autoencoder.train(autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=32), _data(), "unused")
