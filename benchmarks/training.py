@@ -91,6 +91,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the memory then comes from the backward's residuals)",
     )
     parser.add_argument(
+        "--lower-step",
+        action="store_true",
+        help="sd15 part: FLOPs from the whole step lowered (slow) instead of its forward programs",
+    )
+    parser.add_argument(
         "--reuse",
         default="",
         help="sd15 part: earlier --json reports (comma-separated) whose lowerings and compiles are reused",
@@ -127,7 +132,8 @@ def _reused(path: str) -> dict[str, Any]:
         report = json.loads(Path(path).read_text())
         results = report["sd15"]
         return {
-            "flops": list(results["flops"].values()),
+            "forwards": [results["forwards"]],
+            "flops": [f for f in results["flops"].values() if "lower_s" in f],
             "residuals": list(results["residuals"].values()),
             "compiles": list(results["compiles"]),
         }
@@ -190,7 +196,7 @@ def run_cpu_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     from magicface_jax.training.data import batches as global_batches
     from magicface_jax.training.data import open_training_source, training_iterator
     from magicface_jax.training.init import load_start
-    from magicface_jax.training.observe import step_flops
+    from magicface_jax.training.observe import measured_matmul_tflops, step_flops
     from magicface_jax.training.trainer import make_trainer
 
     config_path, resolution, overrides = CPU_CONFIGS[name]
@@ -217,7 +223,8 @@ def run_cpu_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
 
     timing = common.time_runs(step, args.steps)
     peak_rss = common.peak_rss_bytes()
-    rate = common.matmul_flops_per_second()
+    # The rate the training loop's MFU uses on a CPU: a matmul in the run's compute dtype.
+    rate = measured_matmul_tflops(run_config.model.dtype) * 1e12
     pipeline = pipeline_rate(run_config, source, mesh, args.pipeline_batches)
     flops = step_flops(compiled)
     step_s = timing.median
@@ -236,7 +243,7 @@ def run_cpu_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
         "examples_per_s": consumed,
         "flops_per_step": flops,
         "matmul_flops_per_s": rate,
-        "matmul_dtype": "float32",
+        "matmul_dtype": run_config.model.dtype,
         "mfu": flops / step_s / rate,
         "xla_memory": common.xla_memory(compiled),
         "peak_rss_bytes": peak_rss,
@@ -248,7 +255,8 @@ def run_cpu_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     }
     print(
         f"compile {compile_s:.1f} s; step median {step_s * 1e3:.0f} ms -> {consumed:.1f} examples/s; "
-        f"{flops / 1e9:.2f} GFLOP/step = {100 * result['mfu']:.1f}% of the float32 matmul rate "
+        f"{flops / 1e9:.2f} GFLOP/step = {100 * result['mfu']:.1f}% of the "
+        f"{result['matmul_dtype']} matmul rate "
         f"({rate / 1e9:.1f} GFLOP/s); input pipeline {pipeline:.0f} examples/s = "
         f"{result['pipeline_over_step']:.1f}x the step "
         f"(goal 3x: {'met' if result['pipeline_goal_met'] else 'NOT met'})",
@@ -259,8 +267,9 @@ def run_cpu_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
 
 def cpu_table(results: list[dict[str, Any]]) -> str:
     rows = [
-        "| config | batch | compile s | step ms (median) | examples/s | GFLOP/step | MFU (fp32 matmul) "
-        "| XLA args + temp | peak RSS | input examples/s | input / step |",
+        "| config | batch | compile s | step ms (median) | examples/s | GFLOP/step "
+        "| MFU (vs a matmul in the run dtype) | XLA args + temp | peak RSS | input examples/s "
+        "| input / step |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -396,41 +405,102 @@ def flops_sd15(width: int, remat: str, per_device_batch: int) -> dict[str, Any]:
     }
 
 
-def residuals_sd15(width: int, remat: str, batches=(1, 2)) -> dict[str, Any]:
-    """Bytes the step's forward keeps for its backward (the residuals of `jax.vjp` of the loss with
-    respect to the trained networks), traced with `jax.eval_shape` at two batch sizes: no compile, no
-    weights. Their difference is what each example adds; the rest (weights in the compute dtype, the
-    prompt) does not grow with the batch. XLA's transient buffers come on top."""
+def forward_flops_sd15(width: int) -> dict[str, Any]:
+    """FLOPs per example of the step's three forward programs, from XLA's cost analysis of each one
+    lowered alone at full size (no compile): the VAE encoder at 512² (run three times, frozen), the
+    identity encoder at 64² latents, and the denoiser with its identity keys and values."""
     import jax
     import jax.numpy as jnp
 
-    from magicface_jax.training.step import draw, example_losses
+    _, _, trainer = sd15_trainer(width, "none", SD15_DEVICES)
+    model, config = trainer.model, trainer.start.config
+    networks = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), trainer.start.networks)
+    size, factor = config.vae.sample_size, config.vae.downsample_factor
+    latents = jax.ShapeDtypeStruct(
+        (1, size // factor, size // factor, config.vae.latent_channels), jnp.float32
+    )
+    prompt = jax.ShapeDtypeStruct(trainer.prompt_embeds.shape, jnp.float32)
+    image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+
+    def cost(fn, *args) -> float:
+        return lowered_flops(jax.jit(fn).lower(*args))
+
+    begin = time.perf_counter()
+    features = jax.eval_shape(model.identity_features, networks["identity_encoder"], latents, prompt)
+    kv = jax.eval_shape(model.identity_kv, networks["denoiser"], features)
+    au = jax.ShapeDtypeStruct((1, 12), jnp.float32)
+    timestep = jax.ShapeDtypeStruct((1,), jnp.int32)
+    forwards = {
+        "vae_encode": cost(model.vae_encode, networks["vae"], image),
+        "identity_features": cost(model.identity_features, networks["identity_encoder"], latents, prompt),
+        "identity_kv": cost(model.identity_kv, networks["denoiser"], features),
+        "predict_noise": cost(
+            model.predict_noise, networks["denoiser"], latents, latents, au, timestep, kv, prompt
+        ),
+    }
+    trained = forwards["identity_features"] + forwards["identity_kv"] + forwards["predict_noise"]
+    result = {
+        "width": width,
+        "lower_s": time.perf_counter() - begin,
+        "forward_flops": forwards,
+        # The backward of a trained forward costs about twice the forward; remat recomputes the forward.
+        "flops_per_example": {
+            remat: 3 * forwards["vae_encode"] + (3 + (remat != "none")) * trained for remat in REMATS
+        },
+    }
+    print(
+        "forward TFLOP per example: "
+        + ", ".join(f"{name} {value / 1e12:.3f}" for name, value in forwards.items())
+        + f" (lowered in {result['lower_s']:.0f} s)",
+        flush=True,
+    )
+    return result
+
+
+def residuals_sd15(width: int, remat: str, batches=(1, 2)) -> dict[str, Any]:
+    """Bytes the trained networks' forwards keep for their backward, traced with `jax.eval_shape` at two
+    batch sizes (no compile, no weights): the residuals of `jax.vjp` of the identity encoder (with respect
+    to its parameters) and of the denoiser with its identity keys and values (with respect to its
+    parameters and the identity features), the two halves of the step's backward; the frozen VAE keeps
+    none. Their difference over the batch is what each example adds; the rest (weights in the compute
+    dtype) does not grow with it. XLA's transient buffers come on top."""
+    import jax
+    import jax.numpy as jnp
 
     _, _, trainer = sd15_trainer(width, remat, SD15_DEVICES)
-    objective, config = trainer.objective, trainer.start.config
-    size, factor = config.vae.sample_size, config.vae.downsample_factor
-    latent_shape = (size // factor, size // factor, config.vae.latent_channels)
+    model, config = trainer.model, trainer.start.config
     networks = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), trainer.start.networks)
-    prompt = jax.ShapeDtypeStruct(trainer.prompt_embeds.shape, trainer.prompt_embeds.dtype)
+    size, factor = config.vae.sample_size, config.vae.downsample_factor
+    prompt = jax.ShapeDtypeStruct(trainer.prompt_embeds.shape, jnp.float32)
 
-    def pullback(networks, batch, prompt):
-        trained = {name: networks[name] for name in trainer.names}
-        frozen = {name: p for name, p in networks.items() if name not in trainer.names}
-        draws = draw(objective, jax.random.key(0), batch["au_variation"].shape[0], latent_shape)
+    def encoder_pullback(params, latents, prompt):
+        return jax.vjp(lambda p: model.identity_features(p, latents, prompt), params)[1]
 
-        def loss(trained):
-            return jnp.mean(example_losses(objective, {**frozen, **trained}, batch, draws, prompt))
+    def denoiser_pullback(params, features, noisy, au, timesteps, prompt):
+        def forward(params, features):
+            kv = model.identity_kv(params, features)
+            return model.predict_noise(params, noisy, noisy, au, timesteps, kv, prompt)
 
-        return jax.vjp(loss, trained)[1]
+        return jax.vjp(forward, params, features)[1]
+
+    def nbytes(tree) -> int:
+        return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
     begin = time.perf_counter()
     totals = {}
     for batch_size in batches:
-        image = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32)
-        batch = {"identity": image, "target": image, "background": image}
-        batch["au_variation"] = jax.ShapeDtypeStruct((batch_size, 12), jnp.float32)
-        residuals = jax.eval_shape(pullback, networks, batch, prompt)
-        totals[batch_size] = sum(math.prod(r.shape) * r.dtype.itemsize for r in jax.tree.leaves(residuals))
+        latents = jax.ShapeDtypeStruct(
+            (batch_size, size // factor, size // factor, config.vae.latent_channels), jnp.float32
+        )
+        encoder = jax.eval_shape(encoder_pullback, networks["identity_encoder"], latents, prompt)
+        features = jax.eval_shape(model.identity_features, networks["identity_encoder"], latents, prompt)
+        au = jax.ShapeDtypeStruct((batch_size, 12), jnp.float32)
+        timesteps = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+        denoiser = jax.eval_shape(
+            denoiser_pullback, networks["denoiser"], features, latents, au, timesteps, prompt
+        )
+        totals[batch_size] = nbytes(encoder) + nbytes(denoiser)
+        print(f"  residuals at batch {batch_size}: {common.gib(totals[batch_size])}", flush=True)
     (b1, r1), (b2, r2) = sorted(totals.items())
     per_example = (r2 - r1) / (b2 - b1)
     result = {
@@ -576,12 +646,20 @@ def run_sd15(args: argparse.Namespace) -> dict[str, Any]:
     def find(points, **key):
         return next((p for p in points if all(p[k] == v for k, v in key.items())), None)
 
-    flops = {
-        remat: find(lowered, width=args.width, remat=remat) or flops_sd15(args.width, remat, args.batches[0])
-        for remat in args.remat
-    }
     residuals = {
         remat: find(traced, width=args.width, remat=remat) or residuals_sd15(args.width, remat)
+        for remat in args.remat
+    }
+    forwards = next(
+        (f for report in args.reuse for f in report["forwards"] if f["width"] == args.width), None
+    )
+    forwards = forwards or forward_flops_sd15(args.width)
+    flops = {
+        remat: (
+            find(lowered, width=args.width, remat=remat) or flops_sd15(args.width, remat, args.batches[0])
+        )
+        if args.lower_step
+        else {"width": args.width, "remat": remat, "flops_per_example": forwards["flops_per_example"][remat]}
         for remat in args.remat
     }
     compiles = []
@@ -624,6 +702,8 @@ def run_sd15(args: argparse.Namespace) -> dict[str, Any]:
         "width": args.width,
         "config": SD15_CONFIG,
         "state": state,
+        "flops_basis": "the step lowered" if args.lower_step else "forwards lowered, backward = 2x forward",
+        "forwards": forwards,
         "flops": flops,
         "residuals": residuals,
         "compiles": compiles,
@@ -642,9 +722,12 @@ def sd15_tables(report: dict[str, Any]) -> str:
             f"| {s['fraction']:.4f} | {1.1 / int(n):.4f} {'✓' if s['goal_met'] else '✗'} "
             f"| {common.gib(s['gradients_per_device_bytes'])} |"
         )
-    rows += ["", f"| remat | lowering s | TFLOP/example (width {report['width']}) |", "|---|---|---|"]
+    forwards = report["forwards"]["forward_flops"]
+    rows += ["", "| forward program (one example) | TFLOP |", "|---|---|"]
+    rows += [f"| {name} | {value / 1e12:.3f} |" for name, value in forwards.items()]
+    rows += ["", f"| remat | TFLOP/example of the step ({report['flops_basis']}) |", "|---|---|"]
     for remat, f in report["flops"].items():
-        rows.append(f"| {remat} | {f['lower_s']:.0f} | {f['flops_per_example'] / 1e12:.3f} |")
+        rows.append(f"| {remat} | {f['flops_per_example'] / 1e12:.2f} |")
     rows += [
         "",
         f"| remat | backward residuals per example (width {report['width']}) | not growing with the batch "
