@@ -580,6 +580,8 @@ def activation_model(points: list[dict[str, Any]]) -> dict[str, float] | None:
     rest(w, b) = c + b·(α + β·w) (activations grow with the batch and linearly with the width; the
     attention scores, with a fixed head count, do not grow with the width), from compiles at two batch
     sizes of the smallest width and, for β, one more width. None without two batch sizes."""
+    if not points:
+        return None
     smallest = min(p["width"] for p in points)
     at_smallest = sorted((p for p in points if p["width"] == smallest), key=lambda p: p["per_device_batch"])
     if len(at_smallest) < 2:
@@ -626,8 +628,12 @@ def run_sd15(args: argparse.Namespace) -> dict[str, Any]:
     ensure_devices(SD15_DEVICES)
     print(
         f"\n== SD1.5 MagicFace at 512², {SD15_CONFIG} (bf16 compute, VAE in the step): FSDP meshes of CPU "
-        f"devices, compiled, not run; FLOPs at width {args.width}, memory compiled at widths "
-        f"{','.join(map(str, args.compile_widths))}",
+        f"devices, never run; width {args.width}; memory "
+        + (
+            f"compiled at widths {','.join(map(str, args.compile_widths))}"
+            if args.compile_widths
+            else "from the backward's residuals"
+        ),
         flush=True,
     )
     devices = sorted({t["devices"] for t in TARGETS.values()})
@@ -678,7 +684,7 @@ def run_sd15(args: argparse.Namespace) -> dict[str, Any]:
         rows = {}
         for remat in args.remat:
             model = activation_model([c for c in compiles if c["remat"] == remat])
-            basis = "compiled" if model else "residuals"
+            basis = "compiled" if model else "residuals only"
             if model is None:  # what the backward keeps, at the full width: no compile needed
                 r = residuals[remat]
                 model = {
@@ -739,12 +745,16 @@ def sd15_tables(report: dict[str, Any]) -> str:
             f"| {remat} | {common.gib(r['per_example_bytes'])} | {common.gib(r['constant_bytes'])} "
             f"| {r['trace_s']:.0f} |"
         )
-    rows += [
-        "",
-        "| width | remat | batch/device | lower s | compile s | compile peak RSS | XLA arguments "
-        "| XLA temporaries | per-device peak | beyond state + gradients |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows += (
+        []
+        if not report["compiles"]
+        else [
+            "",
+            "| width | remat | batch/device | lower s | compile s | compile peak RSS | XLA arguments "
+            "| XLA temporaries | per-device peak | beyond state + gradients |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    )
     for c in report["compiles"]:
         memory = c["xla_memory"]
         rows.append(
