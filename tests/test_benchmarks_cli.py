@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks import convert_memory, model, profile_step, sampling
+from benchmarks import convert_memory, model, profile_step, sampling, training
 from magicface_jax.cli import run
 
 BAD_ARGUMENTS = [
@@ -21,6 +21,18 @@ BAD_ARGUMENTS = [
     (profile_step, ["--batch", "0"], "--batch 0"),
     (profile_step, ["--guidance", "1"], "must be above 1"),
     (profile_step, ["--top", "0"], "--top 0"),
+    (training, ["--part", "gpu"], "--part 'gpu'"),
+    (training, ["--configs", "tiny,sd21"], "--configs 'tiny,sd21'"),
+    (training, ["--remat", "some"], "--remat 'some'"),
+    (training, ["--batches", "1,two"], "comma-separated whole numbers"),
+    (training, ["--batches", "0,2"], "at least 1"),
+    (training, ["--steps", "0"], "--steps 0"),
+    (training, ["--pairs", "8"], "--pairs 8"),
+    (training, ["--width", "100"], "--width 100"),
+    (training, ["--mfu", "1.5"], "--mfu 1.5"),
+    (training, ["--compile-widths", "64,48"], "--compile-widths 48"),
+    (training, ["--reuse", "/nowhere/at/all/report.json"], "--reuse /nowhere/at/all/report.json"),
+    (training, ["--json", "/nowhere/at/all/out.json"], "its folder does not exist"),
 ]
 
 
