@@ -206,6 +206,19 @@ def read_info(directory: str | Path) -> CheckpointInfo:
     )
 
 
+def verify_network(directory: str | Path, name: str) -> None:
+    """Refuses a network whose files are missing or do not match the manifest's checksums (for readers
+    that restore the arrays themselves, such as training's restore into shards)."""
+    path = atomic.user_path(directory) / name
+    expected = read_info(directory).checksums[name]
+    files = sorted(expected)
+    _refuse_damage(path, [f"{file} is missing" for file in files if not (path / file).is_file()])
+    found = folder_checksums(path, files)
+    _refuse_damage(
+        path, [f"{file} does not match its checksum" for file in files if found[file] != expected[file]]
+    )
+
+
 def read_params(directory: str | Path, name: str, dtype: Any = None) -> dict:
     """One network's parameters as numpy arrays (cast to `dtype` when given), its files verified against
     the manifest's checksums while orbax reads them."""

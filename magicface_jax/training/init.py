@@ -144,6 +144,7 @@ def restore_network(directory: Path, name: str, shardings) -> Params:
     so no process ever holds the whole network."""
     import orbax.checkpoint as ocp
 
+    checkpoint.verify_network(directory, name)
     path = Path(directory) / name
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s, dtype=jnp.float32), shardings)
     try:
