@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from magicface_jax import cli
-from magicface_jax.atomic import atomic_file, check_new_output
+from magicface_jax.atomic import atomic_file, check_output
 from magicface_jax.checkpoint import read_info
 from magicface_jax.diffusion import SAMPLERS
 from magicface_jax.errors import MagicFaceError
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     if args.json:
         check_json_path(args.json)
     if args.save_edits:
-        check_new_output(Path(args.save_edits), overwrite=False)
+        check_output(args.save_edits, [args.checkpoint], folder=True)
     read_info(args.checkpoint)  # a missing or broken checkpoint fails before any data is read
     openface = photos.OpenFaceAUs(args.openface) if args.openface else None  # checks every CSV
     kind = runner.dataset_kind(args.dataset, args.split, args.data_dir)

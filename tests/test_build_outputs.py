@@ -10,9 +10,10 @@ import pytest
 from magicface_jax import atomic
 from magicface_jax.cli import run
 from magicface_jax.data import build
+from magicface_jax.data.synthetic_faces import SyntheticFaces
 
 SYNTHETIC = ["synthetic_faces", "--resolution", "64", "--num-pairs", "2", "--num-test-pairs", "1"]
-SYNTHETIC_FOLDER = Path("synthetic_faces", "64px_2x1_p4_a0.4_s0", "1.0.0")
+SYNTHETIC_FOLDER = Path("synthetic_faces", "64px_2x1_p4_a0.4_s0", str(SyntheticFaces.VERSION))
 
 
 def one_line_error(capsys) -> str:
@@ -61,6 +62,6 @@ def test_an_interrupted_build_is_cleaned_up_by_the_next(tmp_path, capsys):
     assert run(build.main, [*SYNTHETIC, "--data-dir", str(tmp_path)]) == 0
     assert f"removed {leftover}" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / SYNTHETIC_FOLDER.parent).iterdir()) == [
-        "1.0.0",
+        SYNTHETIC_FOLDER.name,
         other.name,
     ]

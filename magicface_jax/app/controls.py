@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from magicface_jax.diffusion import SAMPLERS
-from magicface_jax.editing.inputs import EditSettings, check_seed
+from magicface_jax.editing.inputs import EditSettings
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import aus, emotions
+from magicface_jax.pipeline import check_seed
 
 SLIDER_RANGE = aus.RECOMMENDED_RANGE  # -10 .. 10, the range the authors recommend
 SLIDER_STEP = 0.5

@@ -17,10 +17,10 @@ from magicface_jax.app import controls
 from magicface_jax.app.service import EditService
 from magicface_jax.assets import AUTHORS_EXAMPLES
 from magicface_jax.diffusion import SAMPLERS
-from magicface_jax.editing.inputs import MAX_SEED
 from magicface_jax.editing.sweep import Sweep
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import aus, emotions
+from magicface_jax.pipeline import MAX_SEED
 
 # Before gradio is imported: no usage statistics, no version check.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"

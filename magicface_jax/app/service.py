@@ -146,7 +146,7 @@ class EditService:
         self.default_settings = default_settings
         self.limits = limits
         self.mask = mask
-        self.factor = pipes[0].config.vae.downsample_factor
+        self.multiple = pipes[0].config.size_multiple
         self.devices = [Device(pipe, LRU(limits.max_programs), LRU(limits.max_programs)) for pipe in pipes]
         self.slots = DeviceSlots(self.devices, limits.max_waiting)
         self._prepared = LRU(limits.max_prepared)
@@ -225,7 +225,7 @@ class EditService:
                     f"the {what} is {image.shape[1]}x{image.shape[0]}: a prepared face crop and its "
                     "background are square; upload the photo instead to crop it"
                 )
-        return prepare_images(source, condition, factor=self.factor, size=self.size, mask=self.mask)
+        return prepare_images(source, condition, multiple=self.multiple, size=self.size, mask=self.mask)
 
     # ------------------------------------------------------------------------------------------- edits
 

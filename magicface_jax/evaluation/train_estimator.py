@@ -14,10 +14,9 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from magicface_jax import cli
-from magicface_jax.atomic import check_new_output
+from magicface_jax.atomic import check_output
 from magicface_jax.data.synthetic_faces import RESOLUTIONS, SyntheticFacesSpec
 from magicface_jax.evaluation import synthetic
 
@@ -39,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    check_new_output(Path(args.out), args.overwrite)
+    check_output(args.out, overwrite=args.overwrite, folder=True)
     spec = SyntheticFacesSpec(resolution=args.resolution, seed=args.seed)
     start = time.perf_counter()
     train = synthetic.labelled_images(synthetic.rendered_records(spec, "train", args.train_pairs))
