@@ -264,7 +264,7 @@ class EditService:
         with self.slots.acquire() as device:
             editor = device.editor(settings)
             progress(device.describe(settings, height, width, batch))
-            rows = run_sweeps(editor, images, [sweep], base, seed)
+            rows = run_sweeps(editor, images, [sweep], base, seed, editor.num_devices)
             device.ran(settings, height, width, batch)
         return sweep_grid(images.source, [sweep], rows, base)
 
