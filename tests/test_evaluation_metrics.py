@@ -202,3 +202,61 @@ def test_photo_estimators_measure_an_unchanged_photo_as_unchanged(tmp_path):
     assert runner.measure(pairs, sources, ["pair00000_source"], estimators)["au_mse"] == 0  # asked 1, read 1
     with pytest.raises(MagicFaceError, match="--estimator is the synthetic"):
         runner.estimators_for(runner.PHOTOS, tmp_path)
+
+
+def _estimates(n: int, seed: int):
+    from magicface_jax.evaluation import runner
+
+    rng = np.random.default_rng(seed)
+    return runner.Estimates(
+        aus=rng.uniform(0, 5, (n, 12)),
+        source_embeddings=np.zeros((n, 4)),
+        edit_embeddings=rng.normal(size=(n, 4)),
+        source_poses=np.zeros((n, 3)),
+        edit_poses=rng.normal(size=(n, 3)),
+        background_rmse=rng.uniform(0, 0.1, n),
+    )
+
+
+def _pairs(n: int):
+    from magicface_jax.evaluation import runner
+
+    images = np.zeros((n, 8, 8, 3), np.uint8)
+    return runner.EvalPairs(
+        sources=images,
+        backgrounds=images,
+        identity_aus=np.ones((n, 12)),
+        variations=np.ones((n, 12)),
+        face_masks=np.zeros((n, 8, 8), bool),
+        names=tuple(f"pair{i:05d}" for i in range(n)),
+    )
+
+
+def test_metrics_of_estimates_over_any_rows():
+    from magicface_jax.evaluation import runner
+
+    pairs, found = _pairs(6), _estimates(6, 0)
+    every = runner.metrics_of(pairs, found)
+    assert every["au_mse"] == pytest.approx(((found.aus - 2.0) ** 2).mean())
+    assert every["id_l2"] == pytest.approx(np.linalg.norm(found.edit_embeddings, axis=1).mean())
+    assert every["background_rmse"] == pytest.approx(found.background_rmse.mean())
+    assert every["pose_rmse_degrees"] == pytest.approx(np.sqrt((found.edit_poses**2).mean()))
+    twice = runner.metrics_of(pairs, found, np.array([0, 0, 1, 1]))
+    first_two = runner.metrics_of(pairs, found, slice(0, 2))
+    assert twice == pytest.approx(first_two)  # a row repeated counts as often as it is drawn
+    assert runner.Estimates.from_json(found.to_json()).aus == pytest.approx(found.aus)
+
+
+def test_bootstrap_noise_is_zero_for_equal_edits_and_shrinks_with_more_pairs():
+    from magicface_jax.evaluation import runner
+
+    small, large = _pairs(10), _pairs(400)
+    same = runner.bootstrap_noise(small, _estimates(10, 1), _estimates(10, 1), draws=50)
+    assert set(same.values()) == {0.0}
+    noise_small = runner.bootstrap_noise(small, _estimates(10, 1), _estimates(10, 2), draws=200)
+    noise_large = runner.bootstrap_noise(large, _estimates(400, 1), _estimates(400, 2), draws=200)
+    for key in noise_small:
+        assert 0 < noise_large[key] < noise_small[key]
+    # the standard error of a mean of n uniform(0, 0.1) values: 0.1 / sqrt(12 n)
+    alone = runner.bootstrap_noise(large, _estimates(400, 3), draws=400)["background_rmse"]
+    assert alone == pytest.approx(0.1 / np.sqrt(12 * 400), rel=0.2)

@@ -51,6 +51,11 @@ def id_l2(source_embeddings: np.ndarray, edited_embeddings: np.ndarray) -> float
 def background_rmse(source: np.ndarray, edited: np.ndarray, face_mask: np.ndarray) -> float:
     """Per-image RMSE outside the face mask, averaged; images (B, H, W, 3) uint8 or floats in [0, 1], masks
     bool (B, H, W) (True = face, left out)."""
+    return float(np.mean(background_rmse_per_image(source, edited, face_mask)))
+
+
+def background_rmse_per_image(source: np.ndarray, edited: np.ndarray, face_mask: np.ndarray) -> np.ndarray:
+    """(B,) RMSE outside the face mask of each image (see `background_rmse`)."""
     source, edited = (_unit(x) for x in (source, edited))
     source, edited = _same_shape(source, edited, "background RMSE")
     face_mask = np.asarray(face_mask, bool)
@@ -60,8 +65,7 @@ def background_rmse(source: np.ndarray, edited: np.ndarray, face_mask: np.ndarra
     outside = ~face_mask
     if not outside.reshape(len(outside), -1).any(-1).all():
         raise MagicFaceError("background RMSE: a face mask covers the whole image")
-    per_image = [np.sqrt(s[o].mean()) for s, o in zip(squared, outside, strict=True)]
-    return float(np.mean(per_image))
+    return np.array([np.sqrt(s[o].mean()) for s, o in zip(squared, outside, strict=True)])
 
 
 def pose_rmse(source_pose: np.ndarray, edited_pose: np.ndarray) -> float:

@@ -130,16 +130,68 @@ def load_pairs(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Estimates:
+    """What the estimators read on N edits and their sources, pair by pair: enough to compute every metric
+    over any subset of the pairs (`metrics_of`), as a bootstrap over pairs does."""
+
+    aus: np.ndarray  # (N, 12) estimated on the edits
+    source_embeddings: np.ndarray  # (N, D)
+    edit_embeddings: np.ndarray  # (N, D)
+    source_poses: np.ndarray  # (N, 3) degrees
+    edit_poses: np.ndarray  # (N, 3)
+    background_rmse: np.ndarray  # (N,) per image
+
+    def to_json(self) -> dict[str, list]:
+        return {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, list]) -> Estimates:
+        return cls(**{f.name: np.asarray(data[f.name], np.float64) for f in dataclasses.fields(cls)})
+
+
+def estimate(pairs: EvalPairs, edited: np.ndarray, names: Sequence[str], estimators: Estimators) -> Estimates:
+    """The estimators on `edited` (uint8 (N, S, S, 3)) and on the pairs' sources."""
+    return Estimates(
+        aus=np.asarray(estimators.aus.aus(edited, names), np.float64),
+        source_embeddings=np.asarray(estimators.identity.embed(pairs.sources), np.float64),
+        edit_embeddings=np.asarray(estimators.identity.embed(edited), np.float64),
+        source_poses=np.asarray(estimators.pose.pose(pairs.sources), np.float64),
+        edit_poses=np.asarray(estimators.pose.pose(edited), np.float64),
+        background_rmse=metrics.background_rmse_per_image(pairs.sources, edited, pairs.face_masks),
+    )
+
+
+def metrics_of(pairs: EvalPairs, found: Estimates, rows: np.ndarray | slice = slice(None)) -> dict:
+    """The four metrics over the pairs `rows` (all by default; indices may repeat)."""
+    return {
+        "au_mse": metrics.au_mse(pairs.requested[rows], found.aus[rows]),
+        "id_l2": metrics.id_l2(found.source_embeddings[rows], found.edit_embeddings[rows]),
+        "background_rmse": float(np.mean(found.background_rmse[rows])),
+        "pose_rmse_degrees": metrics.pose_rmse(found.source_poses[rows], found.edit_poses[rows]),
+    }
+
+
 def measure(pairs: EvalPairs, edited: np.ndarray, names: Sequence[str], estimators: Estimators) -> dict:
     """The four metrics of `edited` (uint8 (N, S, S, 3)) against the pairs' sources and requests."""
-    return {
-        "au_mse": metrics.au_mse(pairs.requested, estimators.aus.aus(edited, names)),
-        "id_l2": metrics.id_l2(estimators.identity.embed(pairs.sources), estimators.identity.embed(edited)),
-        "background_rmse": metrics.background_rmse(pairs.sources, edited, pairs.face_masks),
-        "pose_rmse_degrees": metrics.pose_rmse(
-            estimators.pose.pose(pairs.sources), estimators.pose.pose(edited)
-        ),
-    }
+    return metrics_of(pairs, estimate(pairs, edited, names, estimators))
+
+
+def bootstrap_noise(
+    pairs: EvalPairs, a: Estimates, b: Estimates | None = None, draws: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Per metric, the standard error of the metric of `a` or, with `b`, of (metric of `a` − metric of `b`)
+    over the same pairs, from a paired bootstrap: pairs resampled with replacement, the metrics recomputed on
+    each resample."""
+    rng = np.random.default_rng(seed)
+    draws_seen = []
+    for _ in range(draws):
+        rows = rng.integers(0, len(pairs), len(pairs))
+        first = metrics_of(pairs, a, rows)
+        second = metrics_of(pairs, b, rows) if b is not None else dict.fromkeys(first, 0.0)
+        draws_seen.append([first[k] - second[k] for k in first])
+    spread = np.nanstd(np.asarray(draws_seen), axis=0)
+    return dict(zip(metrics_of(pairs, a, slice(0, 1)), map(float, spread), strict=True))
 
 
 def edit_pairs(pipe, pairs: EvalPairs, setting: Setting, seed: int = 0, batch_size: int = 8) -> np.ndarray:
