@@ -151,6 +151,43 @@ def test_random_start_is_like_an_sd_start():
     )
 
 
+def test_a_synthetic_vae_export_is_the_frozen_vae(tmp_path):
+    from magicface_jax.training import autoencoder
+    from magicface_jax.training.init import synthetic_magicface_config
+
+    config = autoencoder.AutoencoderTrainConfig(vae=synthetic_magicface_config().vae, resolution=64)
+    params = autoencoder.init_state(config).params
+    images = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), np.uint8)
+    exported = autoencoder.export_vae(tmp_path / "vae", config, params, images, steps=7)
+    run = nano_run("unused", model__preset="synthetic", model__vae_checkpoint=tmp_path / "vae")
+    start = load_start(run, training_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    assert start.config.vae == exported and start.source["vae_checkpoint"] == str(tmp_path / "vae")
+    for a, b in zip(jax.tree.leaves(start.networks["vae"]), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert start.prompt_embeds.shape == (1, 77, start.config.denoiser.cross_attention_dim)
+
+
+def test_a_run_without_identity_features_exports_a_zero_identity_encoder():
+    from magicface_jax.training.export import exported_networks
+    from magicface_jax.training.state import TrainState
+
+    run = nano_run("unused")
+    start = load_start(run, training_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    trained = {n: start.networks[n] for n in ("identity_encoder", "denoiser")}
+    state = TrainState(step=0, params=trained, opt_state=None, ema={}, rng=None)
+    frozen = {"vae": start.networks["vae"]}
+    networks = exported_networks(state, frozen, "raw", identity_features=False)
+    assert not any(np.asarray(leaf).any() for leaf in jax.tree.leaves(networks["identity_encoder"]))
+    from magicface_jax.models.magicface import MagicFace
+
+    model = MagicFace(start.config)
+    latents = jnp.ones((1, 16, 16, 4))
+    features = model.identity_features(networks["identity_encoder"], latents, start.prompt_embeds)
+    assert features and not any(np.asarray(f).any() for f in features)  # a zero UNet's features are zero
+    kept = exported_networks(state, frozen, "raw")
+    assert np.asarray(kept["identity_encoder"]["conv_in"]["kernel"]).any()
+
+
 def test_config_overrides_are_typed(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("output_dir: out\ndataset: data\ntrain:\n  steps: 5\n")

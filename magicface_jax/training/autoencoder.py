@@ -259,12 +259,16 @@ def export_vae(
     return vae_config
 
 
+def is_vae_export(directory: str | Path) -> bool:
+    return (Path(directory) / EXPORT_CONFIG).is_file()
+
+
 def load_vae(directory: str | Path) -> ExportedVAE:
     """What `export_vae` wrote."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory)
-    if not (directory / EXPORT_CONFIG).is_file():
+    if not is_vae_export(directory):
         raise MagicFaceError(f"{directory} holds no exported VAE ({EXPORT_CONFIG} is missing)")
     meta = json.loads((directory / EXPORT_CONFIG).read_text())
     vae_config = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()})

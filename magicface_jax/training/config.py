@@ -20,7 +20,7 @@ import yaml
 
 from magicface_jax.errors import MagicFaceError
 
-MODEL_PRESETS = ("nano", "tiny", "sd15")
+MODEL_PRESETS = ("nano", "tiny", "synthetic", "sd15")
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "block", "full")
 KERNELS = ("plain", "sampling")
@@ -47,7 +47,7 @@ DEFAULT_RULES = (
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
     preset: str = "tiny"  # the architecture when there is no init_checkpoint: one of MODEL_PRESETS
-    vae_checkpoint: str = ""  # a MagicFace checkpoint whose frozen VAE and prompt embedding to use
+    vae_checkpoint: str = ""  # a MagicFace checkpoint (its VAE, prompt embedding) or a VAE export, frozen
     init_seed: int = 0  # random initialisation of whatever no checkpoint provides
     dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
     remat: str = "none"  # rematerialization of the UNets' blocks: none, block, full

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from magicface_jax import checkpoint
@@ -16,23 +17,42 @@ from magicface_jax.training.init import Start
 from magicface_jax.training.state import TrainState
 
 
-def exported_networks(state: TrainState, frozen: dict[str, Params], weights: str) -> dict[str, Params]:
+def exported_networks(
+    state: TrainState, frozen: dict[str, Params], weights: str, identity_features: bool = True
+) -> dict[str, Params]:
+    """The networks to export. A denoiser trained with zeroed identity features (`identity_features`
+    false) gets an all-zero identity encoder: its features are then exactly zero at sampling too (every
+    layer of a zero UNet, normalisations included, maps to zero), so the checkpoint samples as it trained."""
     trained = state.ema if weights == "ema" and state.ema else state.params
-    return {**frozen, **trained}
+    networks = {**frozen, **trained}
+    if not identity_features:
+        networks["identity_encoder"] = jax.tree.map(jnp.zeros_like, networks["identity_encoder"])
+    return networks
 
 
 def write_export(
-    directory: Path, start: Start, state: TrainState, frozen: dict[str, Params], weights: str, step: int
+    directory: Path,
+    start: Start,
+    state: TrainState,
+    frozen: dict[str, Params],
+    weights: str,
+    step: int,
+    identity_features: bool = True,
 ) -> None:
     """Gathers each network to the host (one at a time) and, on process 0, writes the checkpoint. Every
     process takes part in the gathers; only process 0 writes (orbax told so, see `checkpoint`)."""
-    networks = exported_networks(state, frozen, weights)
+    networks = exported_networks(state, frozen, weights, identity_features)
     writing = jax.process_index() == 0
     config = dataclasses.replace(start.config, dtype="float32")  # the compute dtype is a run setting
     info = checkpoint.CheckpointInfo(
         config=config,
         scheduler=start.scheduler,
-        source={**start.source, "trained_steps": step, "weights": weights},
+        source={
+            **start.source,
+            "trained_steps": step,
+            "weights": weights,
+            **({} if identity_features else {"identity_features": "zero"}),
+        },
     )
     if not writing:
         for name in COMPONENTS:

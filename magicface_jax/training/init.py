@@ -36,6 +36,7 @@ from magicface_jax.diffusion import SD15_SCHEDULER_CONFIG
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.models.magicface import COMPONENTS, Params, abstract_params, init_unet, init_vae, unbox
 from magicface_jax.parallel.rules import Rules, param_shardings
+from magicface_jax.training.autoencoder import SYNTHETIC_VAE, is_vae_export, load_vae
 from magicface_jax.training.config import RunConfig
 
 
@@ -56,7 +57,33 @@ def nano_magicface_config() -> MagicFaceConfig:
     return MagicFaceConfig(identity_encoder=unet, denoiser=unet.replace(in_channels=8, au_dim=12), vae=vae)
 
 
-PRESETS = {"nano": nano_magicface_config, "tiny": tiny_magicface_config, "sd15": sd15_magicface_config}
+def synthetic_magicface_config() -> MagicFaceConfig:
+    """The synthetic world's MagicFace (docs/evaluation.md): UNets of three levels (32, 64, 64 channels,
+    one resnet per level; 16², 8² and 4² over the 16² latents, cross-attention on the first two), about
+    1.5 M parameters each, so that the demo checkpoint with its VAE stays under 20 MB; the VAE of
+    `training.autoencoder.SYNTHETIC_VAE` (64² images, downsampling 4), which a run takes trained from
+    `model.vae_checkpoint`."""
+    unet = UNetConfig(
+        block_out_channels=(32, 64, 64),
+        down_block_types=(CROSS_ATTN_DOWN, CROSS_ATTN_DOWN, PLAIN_DOWN),
+        up_block_types=(PLAIN_UP, CROSS_ATTN_UP, CROSS_ATTN_UP),
+        layers_per_block=1,
+        attention_heads=(2, 2, 2),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    return MagicFaceConfig(
+        identity_encoder=unet, denoiser=unet.replace(in_channels=8, au_dim=12), vae=SYNTHETIC_VAE
+    )
+
+
+PRESETS = {
+    "nano": nano_magicface_config,
+    "tiny": tiny_magicface_config,
+    "synthetic": synthetic_magicface_config,
+    "sd15": sd15_magicface_config,
+}
 UNETS = ("identity_encoder", "denoiser")
 
 
@@ -97,10 +124,16 @@ def load_start(run: RunConfig, mesh: Mesh) -> Start:
     vae, prompt_embeds = None, None
     if run.model.vae_checkpoint:
         directory = _existing_checkpoint(run.model.vae_checkpoint, "model.vae_checkpoint")
-        info = checkpoint.read_info(directory)
-        config = dataclasses.replace(config, vae=info.config.vae)
-        vae = restore_network(directory, "vae", network_shardings(config, mesh, run.mesh.rules)["vae"])
-        prompt_embeds, scheduler = checkpoint.read_prompt_embeds(directory), info.scheduler
+        if is_vae_export(directory):  # a VAE trained by training.autoencoder: no prompt embedding
+            exported = load_vae(directory)
+            config = dataclasses.replace(config, vae=exported.config)
+            shardings = network_shardings(config, mesh, run.mesh.rules)["vae"]
+            vae = jax.device_put(_matching(exported.params, shardings, directory), shardings)
+        else:
+            info = checkpoint.read_info(directory)
+            config = dataclasses.replace(config, vae=info.config.vae)
+            vae = restore_network(directory, "vae", network_shardings(config, mesh, run.mesh.rules)["vae"])
+            prompt_embeds, scheduler = checkpoint.read_prompt_embeds(directory), info.scheduler
         source["vae_checkpoint"] = str(directory)
     shardings = network_shardings(config, mesh, run.mesh.rules)
     key = jax.random.key(run.model.init_seed)
@@ -139,6 +172,12 @@ def denoiser_from_unet(unet: Params, config: MagicFaceConfig) -> Params:
     return denoiser
 
 
+def _matching(params: Params, shardings, directory: Path) -> Params:
+    if jax.tree.structure(params) != jax.tree.structure(shardings):
+        raise MagicFaceError(f"the VAE in {directory} does not have the layout of its vae.json")
+    return params
+
+
 def restore_network(directory: Path, name: str, shardings) -> Params:
     """One network of a checkpoint read straight into its shards: each device reads only its own slices,
     so no process ever holds the whole network."""
@@ -160,7 +199,8 @@ def _existing_checkpoint(path: str, key: str) -> Path:
     if directory.is_file():
         raise MagicFaceError(f"{key}={path} is a file; expected a MagicFace checkpoint folder")
     if not directory.is_dir():
-        raise MagicFaceError(
-            f"{key}={path} does not exist; make one with convert_weights.py --sd SD_FOLDER --out DIR"
-        )
+        made_by = "convert_weights.py --sd SD_FOLDER --out DIR"
+        if key == "model.vae_checkpoint":
+            made_by += ", or train a synthetic VAE with benchmarks/synthetic_vae.py"
+        raise MagicFaceError(f"{key}={path} does not exist; make one with {made_by}")
     return directory

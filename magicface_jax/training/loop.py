@@ -36,7 +36,7 @@ from magicface_jax.parallel.mesh import to_host, training_mesh
 from magicface_jax.training import checkpoints
 from magicface_jax.training.config import RunConfig
 from magicface_jax.training.data import batches, open_training_source, training_iterator
-from magicface_jax.training.export import write_export
+from magicface_jax.training.export import exported_networks, write_export
 from magicface_jax.training.init import load_start
 from magicface_jax.training.latent_cache import LatentCache, vae_fingerprint
 from magicface_jax.training.observe import EventLog, peak_tflops, step_flops
@@ -209,7 +209,7 @@ def _validation(trainer: Trainer, out: Path, events: EventLog, log: Log):
     data = validation_set(records, run.evaluation)
 
     def write(step: int, state) -> None:
-        networks = {**trainer.frozen, **(state.ema or state.params)}
+        networks = exported_networks(state, trainer.frozen, "ema", run.train.train_identity_features)
         grid = validation_grid(
             trainer.model,
             trainer.objective.schedule,
@@ -231,7 +231,15 @@ def _validation(trainer: Trainer, out: Path, events: EventLog, log: Log):
 def _export(out: Path, trainer: Trainer, state, step: int, log: Log) -> RunResult:
     directory = out / "export"
     weights = trainer.run.checkpoint.export_weights
-    write_export(directory, trainer.start, state, trainer.frozen, weights, step)
+    write_export(
+        directory,
+        trainer.start,
+        state,
+        trainer.frozen,
+        weights,
+        step,
+        identity_features=trainer.run.train.train_identity_features,
+    )
     if jax.process_index() == 0:
         log(f"exported step {step} ({weights} weights) to {directory}")
     return RunResult(step, {}, directory)
