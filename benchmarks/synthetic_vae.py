@@ -54,10 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> autoencoder.AutoencoderTrainConfig:
-    widths = tuple(int(w) for w in args.widths.split(","))
     vae = VAEConfig(
         latent_channels=args.latent_channels,
-        block_out_channels=widths,
+        block_out_channels=tuple(int(w) for w in args.widths.split(",")),
         layers_per_block=args.layers,
         norm_num_groups=8,
         sample_size=args.resolution,
@@ -71,6 +70,68 @@ def _config(args) -> autoencoder.AutoencoderTrainConfig:
         face_weight=args.face_weight,
         checkpoint_every=args.checkpoint_every,
     )
+
+
+def train_and_export(
+    config: autoencoder.AutoencoderTrainConfig, out: Path, pairs: int, time_limit: float | None = None
+) -> float:
+    """Trains (or resumes) the VAE on both images of `pairs` train pairs under OUT/state and exports it to
+    OUT/export; returns the seconds of training in this call."""
+    spec = SyntheticFacesSpec(resolution=config.resolution, seed=0)
+    start = time.perf_counter()
+    pool = autoencoder.synthetic_images(spec, "train", pairs)
+    print(f"rendered {len(pool[0])} training images in {time.perf_counter() - start:.0f} s")
+    start = time.perf_counter()
+    state = autoencoder.train(config, pool, out, log_every=25, time_limit_s=time_limit)
+    seconds = time.perf_counter() - start
+    autoencoder.export_vae(
+        out / "export", config, state.params, pool[0][:256], int(state.step), overwrite=True
+    )
+    return seconds
+
+
+def measure(export: Path, out: Path, test_pairs: int, probe_people: int) -> dict:
+    """The exported VAE on `test_pairs` held-out pairs and the AU probes: the result (also written to
+    OUT/result.json) and OUT/reconstruction.png."""
+    from magicface_jax.data.synthetic_faces import synthetic_example
+
+    vae_config, params, vae_steps = autoencoder.load_vae(export)
+    resolution = vae_config.sample_size
+    spec = SyntheticFacesSpec(resolution=resolution, seed=0)
+
+    def reconstruct(images):
+        return autoencoder.reconstruct(vae_config, params, images)
+
+    test, _ = autoencoder.synthetic_images(spec, "test", test_pairs)
+    landmarks = np.stack(
+        [
+            synthetic_example(spec, "test", i)[key]
+            for i in range(test_pairs)
+            for key in ("identity_landmarks", "target_landmarks")
+        ]
+    )
+    recons = reconstruct(test)
+    errors = {part: vae_study.part_error(test, recons, landmarks, part) for part in ("face", *PICTURE_PARTS)}
+    aus = {
+        au: vae_study.au_survival(vae_study.au_probe(au, resolution, probe_people), reconstruct)
+        for au in PROBED_AUS
+    }
+    result = {
+        "steps_done": vae_steps,
+        "vae": {
+            "widths": list(vae_config.block_out_channels),
+            "downsample": vae_config.downsample_factor,
+            "latent": f"{resolution // vae_config.downsample_factor}² × {vae_config.latent_channels}",
+            "scaling_factor": vae_config.scaling_factor,
+        },
+        "face_box_rmse_01": vae_study.part_rmse(test, recons, landmarks, "face"),
+        "mean_abs_error_255": errors,
+        "au_change_vs_vae_error_255": aus,
+    }
+    with atomic_file(out / "result.json") as partial:
+        partial.write_text(json.dumps(result, indent=2))
+    _picture(test, recons, landmarks, out / "reconstruction.png")
+    return result
 
 
 def _picture(images, recons, landmarks, path: Path, faces: int = 3, height: int = 48) -> None:
@@ -99,58 +160,17 @@ def _picture(images, recons, landmarks, path: Path, faces: int = 3, height: int 
 
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
-    config = _config(args)
     out = Path(args.out)
-    spec = SyntheticFacesSpec(resolution=args.resolution, seed=0)
-    export = out / "export"
-    train_seconds = 0.0
+    seconds = 0.0
     if not args.measure_only:
-        start = time.perf_counter()
-        pool = autoencoder.synthetic_images(spec, "train", args.pairs)
-        print(f"rendered {len(pool[0])} training images in {time.perf_counter() - start:.0f} s")
-        start = time.perf_counter()
-        state = autoencoder.train(config, pool, out, log_every=25, time_limit_s=args.time_limit)
-        train_seconds = time.perf_counter() - start
-        autoencoder.export_vae(export, config, state.params, pool[0][:256], int(state.step), overwrite=True)
-    vae_config, params, vae_steps = autoencoder.load_vae(export)
-
-    def reconstruct(images):
-        return autoencoder.reconstruct(vae_config, params, images)
-
-    test, _ = autoencoder.synthetic_images(spec, "test", args.test_pairs)
-    from magicface_jax.data.synthetic_faces import synthetic_example
-
-    landmarks = np.stack(
-        [
-            synthetic_example(spec, "test", i)[key]
-            for i in range(args.test_pairs)
-            for key in ("identity_landmarks", "target_landmarks")
-        ]
-    )
-    recons = reconstruct(test)
-    errors = {part: vae_study.part_error(test, recons, landmarks, part) for part in ("face", *PICTURE_PARTS)}
-    face_rmse = vae_study.part_rmse(test, recons, landmarks, "face")
-    aus = {
-        au: vae_study.au_survival(vae_study.au_probe(au, args.resolution, args.probe_people), reconstruct)
-        for au in PROBED_AUS
-    }
-    result = {
+        seconds = train_and_export(_config(args), out, args.pairs, args.time_limit)
+    result = measure(out / "export", out, args.test_pairs, args.probe_people)
+    result |= {
         "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "steps_done": vae_steps,
-        "vae": {
-            "widths": list(vae_config.block_out_channels),
-            "downsample": vae_config.downsample_factor,
-            "latent": f"{args.resolution // vae_config.downsample_factor}² × {vae_config.latent_channels}",
-            "scaling_factor": vae_config.scaling_factor,
-        },
-        "train_seconds_this_run": round(train_seconds, 1),
-        "face_box_rmse_01": face_rmse,
-        "mean_abs_error_255": errors,
-        "au_change_vs_vae_error_255": aus,
+        "train_seconds_this_run": seconds,
     }
     with atomic_file(out / "result.json") as partial:
         partial.write_text(json.dumps(result, indent=2))
-    _picture(test, recons, landmarks, out / "reconstruction.png")
     print(json.dumps(result, indent=2))
 
 

@@ -1,0 +1,495 @@
+"""The paper's findings replicated on procedural faces: its Table I (MagicFace against the no-edit
+baseline), Table IV (AU dropout and the guidance scale), Table II (the identity encoder) and the fewest
+sampling steps at equal quality, all on `synthetic_faces` at 64², on a CPU.
+
+    python benchmarks/synthetic_replication.py --out runs/replication            # everything, resumable
+    python benchmarks/synthetic_replication.py --out runs/replication --stages data,vae,latents
+    python benchmarks/synthetic_replication.py --out runs/replication --stages report
+
+Stages, in order; each writes its result under OUT, and a rerun (also in a later session) skips what is
+done and resumes what is not (the VAE and MagicFace trainings resume from their checkpoints):
+
+    data        synthetic_faces 64², 4000 train pairs (1000 persons), 200 test pairs (50 other persons)
+    vae         the frozen VAE (training.autoencoder, docs/evaluation.md): OUT/vae/export, its report
+    latents     the latent cache of both splits under that VAE (train.py --cache-latents)
+    magicface, no_au_dropout, no_identity_encoder
+                the three models, each `train.py --config configs/synthetic_64.yaml` with its overrides
+    evaluations every (model, sampler, steps, guidance) of the tables, on the 200 test pairs
+    report      OUT/report.md, OUT/au_mse_vs_guidance.png, OUT/steps.png, OUT/edits.png
+    demo        the package's demo assets from the MagicFace model (magicface_jax.demo.write_demo_assets)
+
+The metrics are the paper's four (docs/evaluation.md), read by the synthetic estimator shipped with the
+package (its held-out errors are printed beside every table). Whether two settings differ is judged by a
+paired bootstrap over the test pairs (`runner.bootstrap_noise`): "within noise" means a difference of at
+most two of its standard errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from benchmarks import synthetic_vae
+from magicface_jax import cli
+from magicface_jax.assets import SYNTHETIC_ESTIMATOR
+from magicface_jax.atomic import atomic_file
+from magicface_jax.config import VAEConfig
+from magicface_jax.errors import MagicFaceError
+from magicface_jax.evaluation.runner import Setting
+from magicface_jax.training import autoencoder
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "synthetic_64.yaml"
+TRAIN_PAIRS, TEST_PAIRS = 4000, 200
+VAE = autoencoder.AutoencoderTrainConfig(
+    vae=VAEConfig(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8, sample_size=64),
+    resolution=64,
+    steps=3000,
+    batch_size=16,
+    learning_rate=2e-3,
+    face_weight=2.0,
+    checkpoint_every=250,
+)
+VAE_PAIRS = 600  # train pairs whose two images the VAE trains on
+# The three models: overrides of configs/synthetic_64.yaml.
+MODELS = {
+    "magicface": [],
+    "no_au_dropout": ["train.au_dropout=0.0"],
+    "no_identity_encoder": ["train.train_identity_features=false"],
+}
+GUIDANCES = (1.0, 1.5, 3.0, 5.0, 7.5)
+REFERENCE = Setting("unipc", 50, 3.0)  # the authors' sampler and steps, the paper's guidance
+STEPS_STUDY = (
+    *(Setting("unipc", n, 3.0) for n in (10, 15, 20, 25)),
+    *(Setting(sampler, n, 3.0) for sampler in ("ddim", "dpm++") for n in (20, 50)),
+)
+EVALUATIONS = (
+    *(("magicface", Setting("unipc", 50, g)) for g in GUIDANCES),
+    ("no_au_dropout", Setting("unipc", 50, 1.0)),
+    ("no_au_dropout", REFERENCE),
+    ("no_identity_encoder", REFERENCE),
+    *(("magicface", s) for s in STEPS_STUDY),
+)
+STAGES = ("data", "vae", "latents", *MODELS, "evaluations", "report", "demo")
+METRICS = ("au_mse", "id_l2", "background_rmse", "pose_rmse_degrees")
+HEADER = "| | AU MSE ↓ | ID L2 ↓ | background RMSE ↓ | head-pose RMSE (°) ↓ |\n|---|---|---|---|---|"
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    out: Path
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def vae(self) -> Path:
+        return self.out / "vae"
+
+    @property
+    def latents(self) -> Path:
+        return self.out / "latents"
+
+    def model(self, name: str) -> Path:
+        return self.out / "models" / name
+
+    def evaluation(self, model: str, setting: Setting) -> Path:
+        return self.out / "evaluations" / f"{model}_{setting.name}.json"
+
+
+def dataset_name() -> str:
+    from magicface_jax.data.synthetic_faces import SyntheticFacesSpec
+
+    spec = SyntheticFacesSpec(resolution=64, train_pairs=TRAIN_PAIRS, test_pairs=TEST_PAIRS, seed=0)
+    return f"synthetic_faces/{spec.name}"
+
+
+def run_config(paths: Paths, model: str, extra: tuple[str, ...] = ()):
+    from magicface_jax.training.config import load_config
+
+    overrides = [
+        f"output_dir={paths.model(model)}",
+        f"dataset={dataset_name()}",
+        f"data.data_dir={paths.data}",
+        f"data.latent_cache={paths.latents}",
+        f"model.vae_checkpoint={paths.vae / 'export'}",
+        "logging.progress=false",
+        *MODELS[model],
+        *extra,
+    ]
+    return load_config(CONFIG, overrides)
+
+
+def _done(marker: Path, what: str) -> bool:
+    if marker.exists():
+        print(f"{what}: done ({marker})")
+        return True
+    print(f"{what}: running")
+    return False
+
+
+def stage_data(paths: Paths, args) -> None:
+    built = sorted((paths.data / dataset_name()).glob("*/dataset_info.json"))
+    if _done(built[0] if built else paths.data / dataset_name(), "data"):
+        return
+    from magicface_jax.data import build
+
+    build.main(
+        [
+            "synthetic_faces",
+            "--resolution",
+            "64",
+            "--num-pairs",
+            str(TRAIN_PAIRS),
+            "--num-test-pairs",
+            str(TEST_PAIRS),
+            "--data-dir",
+            str(paths.data),
+        ]
+    )
+
+
+def _exported_steps(directory: Path) -> int:
+    return autoencoder.load_vae(directory).steps if autoencoder.is_vae_export(directory) else -1
+
+
+def stage_vae(paths: Paths, args) -> None:
+    if _exported_steps(paths.vae / "export") < VAE.steps:
+        print("vae: training")
+        synthetic_vae.train_and_export(VAE, paths.vae, VAE_PAIRS)
+    if _done(paths.vae / "result.json", "vae report"):
+        return
+    synthetic_vae.measure(paths.vae / "export", paths.vae, test_pairs=16, probe_people=8)
+
+
+def stage_latents(paths: Paths, args) -> None:
+    if _done(paths.latents, "latents"):
+        return
+    from magicface_jax.training.caching import cache_latents
+
+    cache_latents(run_config(paths, "magicface"))
+
+
+def _trained_steps(export: Path) -> int:
+    from magicface_jax.checkpoint import read_info
+
+    try:
+        return int(read_info(export).source.get("trained_steps", -1))
+    except MagicFaceError:
+        return -1
+
+
+def stage_model(paths: Paths, name: str, args) -> None:
+    run = run_config(paths, name, tuple(args.train_overrides))
+    if _trained_steps(paths.model(name) / "export") >= run.train.steps:
+        print(f"{name}: done ({paths.model(name) / 'export'})")
+        return
+    print(f"{name}: training")
+    from magicface_jax.training.loop import train
+
+    train(run)
+
+
+def stage_evaluations(paths: Paths, args) -> None:
+    from magicface_jax.evaluation import runner
+    from magicface_jax.pipeline import MagicFacePipeline
+
+    estimators, _ = runner.estimators_for(runner.SYNTHETIC, SYNTHETIC_ESTIMATOR)
+    pairs = runner.load_pairs(dataset_name(), "test", paths.data, args.pairs)
+    baseline = paths.out / "evaluations" / "no_edit.json"
+    if not baseline.exists():
+        found = runner.estimate(pairs, pairs.sources, pairs.names, estimators)
+        _write_json(baseline, {"metrics": runner.metrics_of(pairs, found), "estimates": found.to_json()})
+    pipes = {}
+    for model, setting in EVALUATIONS:
+        target = paths.evaluation(model, setting)
+        if target.exists():
+            continue
+        export = paths.model(model) / "export"
+        if _trained_steps(export) < 0:
+            print(f"evaluations: {model} is not trained yet; skipping {setting.name}")
+            continue
+        if model not in pipes:
+            pipes[model] = MagicFacePipeline.from_pretrained(export)
+        start = time.perf_counter()
+        edited = runner.edit_pairs(pipes[model], pairs, setting, batch_size=args.batch_size)
+        seconds = time.perf_counter() - start
+        found = runner.estimate(pairs, edited, [f"{n}_{setting.name}" for n in pairs.names], estimators)
+        metrics = runner.metrics_of(pairs, found)
+        _write_json(
+            target,
+            {
+                "model": model,
+                "setting": dataclasses.asdict(setting),
+                "trained_steps": _trained_steps(export),
+                "metrics": metrics,
+                "seconds": seconds,
+                "estimates": found.to_json(),
+            },
+        )
+        print(f"{model} {setting.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    print(f"evaluations: the estimator's own held-out errors: {estimators.held_out()}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_file(path) as partial:
+        partial.write_text(json.dumps(data, indent=1))
+
+
+def _evaluation(paths: Paths, model: str, setting: Setting) -> dict | None:
+    path = paths.evaluation(model, setting)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _cells(metrics: dict, noise: dict | None = None) -> str:
+    formats = {"au_mse": ".3f", "id_l2": ".3f", "background_rmse": ".4f", "pose_rmse_degrees": ".2f"}
+    cells = []
+    for key in METRICS:
+        cell = format(metrics[key], formats[key])
+        if noise is not None:
+            cell += f" ± {format(noise[key], formats[key])}"
+        cells.append(cell)
+    return " | ".join(cells)
+
+
+class Report:
+    """The tables, plots and edits grid from the evaluations found under OUT."""
+
+    def __init__(self, paths: Paths, num_pairs: int):
+        from magicface_jax.evaluation import runner
+
+        self.paths, self.runner = paths, runner
+        self.pairs = runner.load_pairs(dataset_name(), "test", paths.data, num_pairs)
+        baseline = json.loads((paths.out / "evaluations" / "no_edit.json").read_text())
+        self.baseline = runner.Estimates.from_json(baseline["estimates"])
+        self.estimators, _ = runner.estimators_for(runner.SYNTHETIC, SYNTHETIC_ESTIMATOR)
+
+    def estimates(self, model: str, setting: Setting):
+        found = _evaluation(self.paths, model, setting)
+        return None if found is None else self.runner.Estimates.from_json(found["estimates"])
+
+    def row(self, label: str, model: str, setting: Setting) -> str:
+        found = self.estimates(model, setting)
+        if found is None:
+            return f"| {label} | not evaluated yet | | | |"
+        metrics = self.runner.metrics_of(self.pairs, found)
+        return f"| {label} | {_cells(metrics, self.runner.bootstrap_noise(self.pairs, found))} |"
+
+    def baseline_row(self) -> str:
+        metrics = self.runner.metrics_of(self.pairs, self.baseline)
+        noise = self.runner.bootstrap_noise(self.pairs, self.baseline)
+        return f"| no edit (source returned) | {_cells(metrics, noise)} |"
+
+    def steps_table(self) -> tuple[list[str], list[Setting]]:
+        """Each setting of the steps study against the reference: the difference of every metric with its
+        paired standard error; the settings within noise (|difference| ≤ 2 SE on all four metrics)."""
+        reference = self.estimates("magicface", REFERENCE)
+        lines = [
+            "| sampler, steps | " + " | ".join(f"Δ {m}" for m in METRICS) + " | within noise |",
+            "|---|---|---|---|---|---|",
+        ]
+        within = []
+        for setting in (REFERENCE, *STEPS_STUDY):
+            found = self.estimates("magicface", setting)
+            if found is None or reference is None:
+                lines.append(f"| {setting.sampler} {setting.steps} | not evaluated yet | | | | |")
+                continue
+            mine = self.runner.metrics_of(self.pairs, found)
+            theirs = self.runner.metrics_of(self.pairs, reference)
+            noise = self.runner.bootstrap_noise(self.pairs, found, reference)
+            delta = {k: mine[k] - theirs[k] for k in METRICS}
+            ok = all(abs(delta[k]) <= 2 * noise[k] for k in METRICS)
+            if ok:
+                within.append(setting)
+            cells = " | ".join(f"{delta[k]:+.4g} ± {noise[k]:.2g}" for k in METRICS)
+            lines.append(f"| {setting.sampler} {setting.steps} | {cells} | {'yes' if ok else 'no'} |")
+        return lines, within
+
+    def guidance_plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        xs, ys, errors = [], [], []
+        for g in GUIDANCES:
+            found = self.estimates("magicface", Setting("unipc", 50, g))
+            if found is not None:
+                xs.append(g)
+                ys.append(self.runner.metrics_of(self.pairs, found)["au_mse"])
+                errors.append(self.runner.bootstrap_noise(self.pairs, found)["au_mse"])
+        figure, axis = plt.subplots(figsize=(5, 3.5))
+        axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label="MagicFace (AU dropout 0.1)")
+        no_dropout = self.estimates("no_au_dropout", Setting("unipc", 50, 1.0))
+        if no_dropout is not None:
+            axis.axhline(
+                self.runner.metrics_of(self.pairs, no_dropout)["au_mse"],
+                ls="--",
+                c="C1",
+                label="without AU dropout (guidance 1)",
+            )
+        axis.axhline(
+            self.runner.metrics_of(self.pairs, self.baseline)["au_mse"], ls=":", c="gray", label="no edit"
+        )
+        axis.set(xlabel="AU guidance scale", ylabel="AU MSE", title="UniPC, 50 steps, 64² synthetic faces")
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        with atomic_file(path) as partial:
+            figure.savefig(partial, format="png", dpi=120)
+        plt.close(figure)
+
+    def steps_plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for sampler in ("unipc", "ddim", "dpm++"):
+            points = []
+            for setting in (REFERENCE, *STEPS_STUDY):
+                found = self.estimates("magicface", setting)
+                if setting.sampler == sampler and found is not None:
+                    points.append((setting.steps, self.runner.metrics_of(self.pairs, found)))
+            points.sort(key=lambda p: p[0])
+            for axis, metric in zip(axes, ("au_mse", "id_l2"), strict=True):
+                axis.plot([p[0] for p in points], [p[1][metric] for p in points], marker="o", label=sampler)
+        for axis, metric in zip(axes, ("AU MSE", "ID L2"), strict=True):
+            axis.set(xlabel="sampling steps", ylabel=metric, title=f"{metric}, guidance 3")
+            axis.legend(fontsize=8)
+        figure.tight_layout()
+        with atomic_file(path) as partial:
+            figure.savefig(partial, format="png", dpi=120)
+        plt.close(figure)
+
+    def edits_grid(self, path: Path, count: int = 6) -> None:
+        """For `count` test pairs: the source, its condition, then each trained model's edit (reference
+        setting) of the source by the pair's AU variation."""
+        from magicface_jax.images import save_image
+        from magicface_jax.pipeline import MagicFacePipeline
+
+        columns = [self.pairs.sources[:count], self.pairs.backgrounds[:count]]
+        subset = dataclasses.replace(
+            self.pairs,
+            **{f.name: getattr(self.pairs, f.name)[:count] for f in dataclasses.fields(self.pairs)},
+        )
+        for model in MODELS:
+            export = self.paths.model(model) / "export"
+            if _trained_steps(export) >= 0:
+                pipe = MagicFacePipeline.from_pretrained(export)
+                columns.append(self.runner.edit_pairs(pipe, subset, REFERENCE, batch_size=count))
+        grid = np.concatenate([np.concatenate(list(column), axis=0) for column in columns], axis=1)
+        save_image(grid, path)
+
+
+def stage_report(paths: Paths, args) -> None:
+    report = Report(paths, args.pairs)
+    held = report.estimators.held_out()
+    steps_lines, within = report.steps_table()
+    fewest = min(within, key=lambda s: s.steps) if within else None
+    lines = [
+        "# Synthetic replication",
+        "",
+        f"{len(report.pairs)} test pairs of {dataset_name()} (persons unseen in training); each source "
+        "edited by its pair's AU variation with its own background condition. ± is a bootstrap standard "
+        f"error over the pairs. The estimator's own held-out errors: {held}.",
+        "",
+        "## Table I analogue (UniPC 50 steps, guidance 3)",
+        "",
+        HEADER,
+        report.baseline_row(),
+        report.row("MagicFace", "magicface", REFERENCE),
+        "",
+        "## Table IV analogue: AU dropout and guidance (UniPC 50 steps)",
+        "",
+        HEADER,
+        report.row("without AU dropout, guidance 1", "no_au_dropout", Setting("unipc", 50, 1.0)),
+        report.row("without AU dropout, guidance 3", "no_au_dropout", REFERENCE),
+        *(
+            report.row(f"AU dropout 0.1, guidance {g:g}", "magicface", Setting("unipc", 50, g))
+            for g in GUIDANCES
+        ),
+        "",
+        "## Table II analogue: the identity encoder (UniPC 50 steps, guidance 3)",
+        "",
+        HEADER,
+        report.row(
+            "without the identity encoder (features zeroed, trained so)", "no_identity_encoder", REFERENCE
+        ),
+        report.row("with the identity encoder", "magicface", REFERENCE),
+        "",
+        "## Sampling steps (guidance 3): differences from UniPC at 50 steps",
+        "",
+        *steps_lines,
+        "",
+        f"Fewest steps within noise of UniPC 50: {f'{fewest.sampler} {fewest.steps}' if fewest else 'none'}.",
+    ]
+    report.guidance_plot(paths.out / "au_mse_vs_guidance.png")
+    report.steps_plot(paths.out / "steps.png")
+    report.edits_grid(paths.out / "edits.png")
+    text = "\n".join(lines) + "\n"
+    with atomic_file(paths.out / "report.md") as partial:
+        partial.write_text(text)
+    print(text)
+
+
+def stage_demo(paths: Paths, args) -> None:
+    from magicface_jax import demo
+
+    size = demo.write_demo_assets(paths.model("magicface") / "export")
+    print(f"demo: wrote {demo.DEMO_MODEL} ({size / 2**20:.1f} MB) and {demo.DEMO_FACES}")
+
+
+STAGE_FUNCTIONS = {
+    "data": stage_data,
+    "vae": stage_vae,
+    "latents": stage_latents,
+    "evaluations": stage_evaluations,
+    "report": stage_report,
+    "demo": stage_demo,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="the replication's folder (created; reruns resume)")
+    parser.add_argument("--stages", default="all", help=f"comma-separated, from {', '.join(STAGES)}; or all")
+    parser.add_argument("--pairs", type=int, default=TEST_PAIRS, help="test pairs evaluated")
+    parser.add_argument("--batch-size", type=int, default=8, help="edits per sampling call")
+    parser.add_argument(
+        "--train-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="for every model's train.py run"
+    )
+    return parser
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise MagicFaceError(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}, or all")
+    if not 1 <= args.pairs <= TEST_PAIRS:
+        raise MagicFaceError(f"--pairs must be in [1, {TEST_PAIRS}], got {args.pairs}")
+    paths = Paths(Path(args.out).expanduser())
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        start = time.perf_counter()
+        if stage in MODELS:
+            stage_model(paths, stage, args)
+        else:
+            STAGE_FUNCTIONS[stage](paths, args)
+        print(f"[{stage}: {time.perf_counter() - start:.0f} s]")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,46 @@
+"""benchmarks/synthetic_replication.py: its stages, the runs it configures, and its bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import synthetic_replication as replication
+from magicface_jax.cli import run
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--stages", "data,tables"], "unknown stage 'tables'"),
+        (["--pairs", "0"], "--pairs must be in [1, 200]"),
+        (["--pairs", "201"], "--pairs must be in [1, 200]"),
+    ],
+)
+def test_bad_arguments(capsys, tmp_path, argv, message):
+    assert run(replication.main, ["--out", str(tmp_path / "out"), *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_three_models_differ_only_where_the_tables_say(tmp_path):
+    paths = replication.Paths(tmp_path)
+    runs = {name: replication.run_config(paths, name) for name in replication.MODELS}
+    main = runs["magicface"]
+    assert main.model.preset == "synthetic" and main.train.au_dropout == 0.1
+    assert main.model.vae_checkpoint == str(tmp_path / "vae" / "export")
+    assert main.data.latent_cache == str(tmp_path / "latents")
+    assert runs["no_au_dropout"].train.au_dropout == 0.0
+    assert not runs["no_identity_encoder"].train.train_identity_features
+    for name, config in runs.items():
+        assert config.output_dir == str(tmp_path / "models" / name)
+        assert (config.train.steps, config.optimizer) == (main.train.steps, main.optimizer)
+    assert replication.dataset_name() == "synthetic_faces/64px_4000x200_p4_a0.4_s0"
+
+
+def test_every_table_setting_is_evaluated_once():
+    wanted = [(model, setting.name) for model, setting in replication.EVALUATIONS]
+    assert len(wanted) == len(set(wanted))
+    assert ("magicface", replication.REFERENCE.name) in wanted
+    for guidance in replication.GUIDANCES:
+        assert ("magicface", f"unipc_s50_g{guidance:g}") in wanted
