@@ -8,7 +8,8 @@ A grid of AU sweeps (one row per --sweep: the source, then one column per intens
     python sample.py --checkpoint CKPT --image face.png --background bg.png --sweep AU12=-6:6:7
 Many edits from a JSON Lines file, in batches over every device:
     python sample.py --checkpoint CKPT --edits edits.jsonl
-The demo (a shipped portrait and a generated tiny checkpoint with random weights):
+The demo (a MagicFace trained on synthetic faces and a portrait it never saw, both shipped; a grid of AU
+sweeps):
     python sample.py --demo
 
 Without --background the background condition is computed from the face (needs the faces extra).
@@ -19,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from magicface_jax import cache, cli, demo
 from magicface_jax.diffusion import SAMPLERS
 from magicface_jax.editing import commands
-from magicface_jax.editing.inputs import EditSettings, check_size, resolve_edit
+from magicface_jax.editing.inputs import EditSettings, resolve_edit
 from magicface_jax.editing.sweep import Sweep
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import emotions
@@ -71,8 +71,8 @@ def parse_args(argv) -> argparse.Namespace:
     inputs.add_argument(
         "--demo",
         action="store_true",
-        help=f"defaults for the demo: a shipped portrait, the edit {demo.DEMO_EDIT}, a generated tiny "
-        "checkpoint with random weights",
+        help="defaults for the demo: the shipped model trained on synthetic faces, a shipped portrait, and "
+        f"the sweeps {' '.join(demo.DEMO_SWEEPS)}",
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
@@ -160,34 +160,25 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _apply_demo_defaults(args: argparse.Namespace) -> None:
-    """--demo fills in what was not given: the portrait (with its background), the edit, and fewer steps
-    and a smaller size for the shipped portrait. The checkpoint comes from `_demo_checkpoint`."""
+    """--demo fills in what was not given: the shipped model, the portrait (with its background), the AU
+    sweeps, and the demo's steps."""
+    if args.checkpoint is None:
+        print(demo.describe())
+        demo.prefer_fast_compilation()
+        args.checkpoint = str(demo.DEMO_MODEL)
     if args.edits is not None:
         return
     if args.image is None:
         args.image = str(demo.DEMO_IMAGE)
         if args.background is None:
             args.background = str(demo.DEMO_BACKGROUND)
-        if args.size is None:
-            args.size = demo.DEMO_SIZE
     edit_given = (args.au, args.au_test, args.AU_variation, args.emotion, args.sweep)
     if all(not given for given in edit_given):
-        args.au = demo.DEMO_EDIT
+        args.sweep = list(demo.DEMO_SWEEPS)
+        args.batch_size = args.batch_size or demo.DEMO_BATCH
     if args.steps is None:
         args.steps = demo.DEMO_STEPS
     args.overwrite = True  # running the demo again replaces its image
-
-
-def _demo_checkpoint() -> Path:
-    """The demo's tiny checkpoint, generated on first use; its program compiles faster at XLA's cheaper
-    code generation (set before JAX starts its backend)."""
-    commands.print_note(demo.NOTICE)
-    demo.prefer_fast_compilation()
-    start = time.perf_counter()
-    directory, generated = demo.ensure_demo_checkpoint()
-    if generated:
-        print(f"generated the demo checkpoint in {directory} in {time.perf_counter() - start:.1f} s")
-    return directory
 
 
 def _output(args: argparse.Namespace, suffix: str = "") -> str:
@@ -222,9 +213,6 @@ def main(argv=None) -> None:
     xla_cache = cache.enable_compilation_cache(args.compilation_cache)
     if xla_cache:
         print(f"compilation cache: {xla_cache}")
-    if args.demo and args.checkpoint is None:
-        check_size(args.size, demo.DEMO_CONFIG.size_multiple)  # before the checkpoint is generated
-        args.checkpoint = _demo_checkpoint()
     options = {"dtype": args.dtype, "size": args.size, "mask": args.mask, "overwrite": args.overwrite}
 
     if args.edits is not None:

@@ -1,49 +1,40 @@
-"""What `sample.py --demo` edits: a portrait shipped with the package and a generated tiny checkpoint.
+"""What `sample.py --demo` and the web app edit by default, shipped with the package (no download): a
+MagicFace trained on procedural faces at 64² and a few portraits of persons it never saw.
 
-No trained checkpoint ships with the repository yet, so the demo's checkpoint is a tiny MagicFace
-(`tiny_magicface_config`) with random weights, generated deterministically from a fixed seed the first
-time it is needed and kept in the cache directory. Its output shows that the whole edit runs; it is not
-a real edit.
+`assets/demo_model` is the synthetic replication's MagicFace with its VAE
+(benchmarks/synthetic_replication.py, BENCHMARKS.md); `assets/demo_faces` holds neutral portraits (every
+AU at 0), each with its background condition, rendered from `FACES_SEED`. `write_demo_assets` (the
+replication's `demo` stage) writes both.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import json
 import os
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from magicface_jax import checkpoint
-from magicface_jax.assets import AUTHORS_EXAMPLES
-from magicface_jax.cache import CACHE_ENV, cache_root
-from magicface_jax.config import MagicFaceConfig, tiny_magicface_config
-from magicface_jax.diffusion import SD15_SCHEDULER_CONFIG
+from magicface_jax import atomic, checkpoint
+from magicface_jax.assets import DEMO_FACES, DEMO_MODEL
 from magicface_jax.errors import MagicFaceError
-from magicface_jax.models.magicface import COMPONENTS, Params, abstract_params, unbox
 
-DEMO_IMAGE = AUTHORS_EXAMPLES / "00381.png"
-DEMO_BACKGROUND = AUTHORS_EXAMPLES / "00381_bg.png"
-DEMO_EDIT = "AU4=+4,AU1=+2"  # the authors' example edit
-# Defaults that keep the demo to seconds on a laptop CPU, used unless --steps or --size is given.
-DEMO_STEPS = 10
-DEMO_SIZE = 128
-DEMO_CONFIG = tiny_magicface_config()
-WEIGHTS_SEED = 0
-# The code that decides the parameters' names and shapes: when it changes, a cached checkpoint is replaced.
-LAYOUT_SOURCES = ("config.py", "models", "nn", "demo.py")
+DEMO_IMAGE = DEMO_FACES / "face_0.png"
+DEMO_BACKGROUND = DEMO_FACES / "face_0_bg.png"
+# One row per AU (smile, brow lowerer, inner brow raiser, jaw drop): the source, then the AU at 0 … 5.
+DEMO_SWEEPS = ("AU12=0:5:6", "AU4=0:5:6", "AU1=0:5:6", "AU26=0:5:6")
+DEMO_STEPS = 20
+DEMO_SIZE = 64  # the demo model's images
+DEMO_BATCH = 6  # a sweep's row in one call
+FACES_SEED = 2026  # the demo portraits' persons: a seed no synthetic_faces split uses
+FACE_COUNT = 3
+MAX_MODEL_BYTES = 20 * 2**20
+# Marks a folder `write_demo_assets` wrote, which it may therefore replace.
+ASSETS_MANIFEST = atomic.Manifest("demo_assets.json", ("magicface-jax/demo-1",))
 # The demo's model is tiny: compiling its program takes far longer than running it, and XLA's cheaper code
 # generation compiles it about a third faster for about a second more of running time.
 FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
-NOTICE = (
-    "the demo checkpoint is a tiny MagicFace with RANDOM weights (no trained checkpoint is shipped yet): "
-    "the output shows that the whole edit runs, it is not a real edit"
-)
-
-
-def demo_checkpoint_dir() -> Path:
-    return cache_root() / "demo-tiny"
 
 
 def prefer_fast_compilation() -> None:
@@ -55,74 +46,67 @@ def prefer_fast_compilation() -> None:
     os.environ["XLA_FLAGS"] = " ".join(flags)
 
 
-def demo_source() -> dict[str, object]:
-    """The provenance written into the demo checkpoint's manifest, with a fingerprint of `LAYOUT_SOURCES`."""
-    package = Path(__file__).parent
-    digest = hashlib.sha256()
-    for name in LAYOUT_SOURCES:
-        path = package / name
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(package).as_posix().encode())
-            digest.update(file.read_bytes())
-    return {"demo": "tiny-random", "seed": WEIGHTS_SEED, "code": digest.hexdigest()[:16]}
-
-
-def _is_current(directory: Path) -> bool:
-    try:
-        info = checkpoint.read_info(directory)
-    except MagicFaceError:
-        return False
-    return info.source == demo_source()
-
-
-def _random_leaf(rng: np.random.Generator, path: tuple, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
-    name = getattr(path[-1], "key", None)
-    if name == "kernel":  # LeCun normal over the fan-in (every kernel, also those a new model zeroes)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-    if name == "scale":
-        return np.ones(leaf.shape, np.float32)
-    return np.zeros(leaf.shape, np.float32)
-
-
-def random_params(config: MagicFaceConfig, seed: int) -> Params:
-    """Random parameters for `config` from NumPy's generator: the same for every JAX version, and
-    without compiling Flax's initialisers (which takes minutes on a small CPU)."""
-    rng = np.random.default_rng(seed)
-    return {
-        name: jax.tree_util.tree_map_with_path(
-            lambda path, leaf: _random_leaf(rng, path, leaf), unbox(abstract_params(config, name))
-        )
-        for name in COMPONENTS
-    }
-
-
-def write_demo_checkpoint(directory: str | Path, overwrite: bool = False) -> None:
-    """Writes the demo's tiny checkpoint with random weights, the same on every run."""
-    config = DEMO_CONFIG
-    params = random_params(config, WEIGHTS_SEED)
-    width = config.denoiser.cross_attention_dim
-    prompt_embeds = np.random.default_rng(WEIGHTS_SEED + 1).standard_normal((1, 77, width)).astype(np.float32)
-    info = checkpoint.CheckpointInfo(
-        config=config, scheduler=dict(SD15_SCHEDULER_CONFIG), source=demo_source()
+def describe() -> str:
+    """One line saying what the demo model is, from its manifest."""
+    info = checkpoint.read_info(DEMO_MODEL)
+    steps = info.source.get("trained_steps", "?")
+    size = info.config.vae.sample_size
+    return (
+        f"the demo model: MagicFace trained {steps} steps on procedural {size}x{size} faces "
+        "(benchmarks/synthetic_replication.py); the portrait is a person it never saw"
     )
-    with checkpoint.writing_checkpoint(directory, overwrite=overwrite) as writer:
+
+
+def render_demo_faces(directory: Path, count: int = FACE_COUNT, seed: int = FACES_SEED, size: int = 64):
+    """`count` neutral portraits (face_K.png) with their background conditions (face_K_bg.png)."""
+    from magicface_jax.data import face_params
+    from magicface_jax.data.backgrounds import render_scene
+    from magicface_jax.data.face_render import render_face
+    from magicface_jax.data.synthetic_faces import background_condition
+    from magicface_jax.faces.aus import NUM_AUS
+    from magicface_jax.images import save_image
+
+    for k in range(count):
+        rng = np.random.default_rng([seed, k])
+        identity, pose, scene = (
+            face_params.sample_identity(rng),
+            face_params.sample_pose(rng),
+            face_params.sample_scene(rng),
+        )
+        face = render_face(identity, pose, np.zeros(NUM_AUS, np.float32), render_scene(scene, size))
+        save_image(face.image, directory / f"face_{k}.png")
+        save_image(
+            background_condition(face.image, face.person_mask, face.landmarks), directory / f"face_{k}_bg.png"
+        )
+
+
+def write_demo_assets(export: Path, model_dir: Path = DEMO_MODEL, faces_dir: Path = DEMO_FACES) -> int:
+    """Writes the trained checkpoint `export` (its files verified on reading) to `model_dir` and renders
+    the portraits into `faces_dir`; a folder there is replaced only if this function wrote it (its
+    `ASSETS_MANIFEST`). Returns the model's bytes."""
+    from magicface_jax.models.magicface import COMPONENTS
+
+    info = checkpoint.read_info(export)
+    for directory in (model_dir, faces_dir):
+        atomic.check_output(directory, [export], overwrite=True, folder=True, manifest=ASSETS_MANIFEST)
+    # Provenance without the paths of the machine that trained it.
+    source = {k: v for k, v in info.source.items() if not k.endswith("checkpoint")}
+    source |= {"vae": "the synthetic replication's VAE", "demo": "benchmarks/synthetic_replication.py"}
+    with atomic.atomic_directory(model_dir, True, manifest=ASSETS_MANIFEST) as partial:
+        writer = checkpoint.CheckpointWriter(partial)
         for name in COMPONENTS:
-            writer.write_params(name, params[name])
-        writer.write_prompt_embeds(prompt_embeds)
-        writer.finish(info)
+            writer.write_params(name, checkpoint.read_params(export, name))
+        writer.write_prompt_embeds(checkpoint.read_prompt_embeds(export))
+        writer.finish(dataclasses.replace(info, source=source))
+        _mark(partial)
+        size = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())
+        if size > MAX_MODEL_BYTES:
+            raise MagicFaceError(f"{export} takes {size / 2**20:.1f} MB; a demo model must stay under 20 MB")
+    with atomic.atomic_directory(faces_dir, True, manifest=ASSETS_MANIFEST) as partial:
+        render_demo_faces(partial)
+        _mark(partial)
+    return size
 
 
-def ensure_demo_checkpoint() -> tuple[Path, bool]:
-    """The demo checkpoint's directory, generated first if missing or outdated; True if generated now."""
-    directory = demo_checkpoint_dir()
-    if _is_current(directory):
-        return directory, False
-    try:
-        write_demo_checkpoint(directory, overwrite=True)
-    except OSError as err:
-        raise MagicFaceError(
-            f"cannot write the demo checkpoint to {directory} ({err.strerror or err}): "
-            f"set {CACHE_ENV} to a writable folder"
-        ) from None
-    return directory, True
+def _mark(folder: Path) -> None:
+    (folder / ASSETS_MANIFEST.name).write_text(json.dumps({"format": ASSETS_MANIFEST.formats[0]}) + "\n")

@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from magicface_jax import demo
 from magicface_jax.app.service import EditService, Limits
 from magicface_jax.editing.inputs import EditSettings
 from magicface_jax.errors import MagicFaceError
+from tests.random_checkpoint import write_random_checkpoint
 
 pytestmark = pytest.mark.slow  # loads a checkpoint onto two devices
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    checkpoint = tmp_path_factory.mktemp("service") / "demo"
-    demo.write_demo_checkpoint(checkpoint)
+    checkpoint = write_random_checkpoint(tmp_path_factory.mktemp("service") / "random")
     return EditService.from_checkpoint(
         checkpoint, 64, EditSettings(steps=2), num_devices=2, limits=Limits(max_pixels=10_000)
     )

@@ -20,10 +20,9 @@ from PIL import Image
 import sample
 from magicface_jax import checkpoint, demo
 from magicface_jax.assets import AUTHORS_EXAMPLES
-from magicface_jax.cache import CACHE_ENV
 from magicface_jax.cli import run
-from magicface_jax.config import tiny_magicface_config
 from magicface_jax.editing import commands
+from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import preprocess as faces
 from magicface_jax.parallel.mesh import data_mesh
 from magicface_jax.pipeline import MagicFacePipeline
@@ -423,46 +422,70 @@ def test_images_past_the_decompression_bomb_limit(capsys, converted, face, tmp_p
 
 
 @pytest.fixture
-def demo_cache(tmp_path_factory, monkeypatch) -> Path:
-    root = tmp_path_factory.getbasetemp() / "demo-cache"
-    monkeypatch.setenv(CACHE_ENV, str(root))
+def demo_env(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored after --demo adds to it
-    return root
 
 
-def test_demo(capsys, demo_cache, tmp_path):
+def test_demo(capsys, demo_env, tmp_path):
     out = tmp_path / "demo.png"
-    code, stdout, err = call(capsys, "--demo", *STEPS, "--size", SIZE, "--out", out)
+    code, stdout, err = call(capsys, "--demo", *STEPS, "--out", out)
     assert code == 0, err
-    assert "RANDOM weights" in err and "not a real edit" in err
-    assert (demo_cache / "demo-tiny" / "magicface.json").is_file()
-    assert "00381.png" in stdout and "AU4=+4, AU1=+2" in stdout and "2 unipc steps" in stdout
-    assert read(out).shape == (SIZE, SIZE, 3)
-    # The checkpoint is generated once; explicit flags replace the demo's defaults.
-    code, stdout, err = call(capsys, "--demo", *STEPS, "--size", SIZE, "--au", "AU12=+3", "--out", out)
+    assert "the demo model: MagicFace trained" in stdout and "face_0.png" in stdout
+    assert all(f"{sweep.split('=')[0]} over 6 values" in stdout for sweep in demo.DEMO_SWEEPS)
+    assert f"wrote {out}" in stdout
+    grid = read(out)
+    assert grid.shape[0] >= len(demo.DEMO_SWEEPS) * demo.DEMO_SIZE and grid.shape[1] >= 7 * demo.DEMO_SIZE
+    # Explicit flags replace the demo's defaults.
+    code, stdout, err = call(capsys, "--demo", *STEPS, "--au", "AU12=+3", "--out", out)
     assert code == 0, err
-    assert "generated" not in stdout and "AU12=+3" in stdout and "AU4" not in stdout
+    assert "AU12=+3" in stdout and "sweeping" not in stdout
+    assert read(out).shape == (demo.DEMO_SIZE, demo.DEMO_SIZE, 3)
 
 
-def test_demo_checkpoint_is_replaced_when_stale_and_deterministic(demo_cache):
-    directory, _ = demo.ensure_demo_checkpoint()
-    manifest = directory / checkpoint.MANIFEST
-    stale = json.loads(manifest.read_text())
-    stale["source"]["code"] = "from older code"
-    manifest.write_text(json.dumps(stale))
-    assert demo.ensure_demo_checkpoint() == (directory, True)
-    expected = demo.random_params(tiny_magicface_config(), demo.WEIGHTS_SEED)
-    for name in ("denoiser", "vae"):
-        stored = checkpoint.read_params(directory, name)
-        assert jax.tree.structure(stored) == jax.tree.structure(expected[name])
-        pairs = zip(jax.tree.leaves(stored), jax.tree.leaves(expected[name]), strict=True)
-        assert all(np.array_equal(a, b) for a, b in pairs)
+def test_the_shipped_demo_model_is_whole_trained_and_small():
+    info = checkpoint.read_info(demo.DEMO_MODEL)
+    for name in ("identity_encoder", "denoiser", "vae"):
+        checkpoint.verify_network(demo.DEMO_MODEL, name)
+    assert info.source["trained_steps"] > 0 and info.source["preset"] == "synthetic"
+    assert not any(str(value).startswith("/") for value in info.source.values())  # no machine's paths
+    size = sum(f.stat().st_size for f in demo.DEMO_MODEL.rglob("*") if f.is_file())
+    assert size < demo.MAX_MODEL_BYTES
+    assert info.config.size_multiple <= demo.DEMO_SIZE
+    for k in range(demo.FACE_COUNT):
+        face, background = (read(demo.DEMO_FACES / f"face_{k}{end}.png") for end in ("", "_bg"))
+        assert face.shape == background.shape == (demo.DEMO_SIZE, demo.DEMO_SIZE, 3)
+        person = (background == 0).all(-1)
+        assert 0.1 < person.mean() < 0.7  # the person is blacked out in the condition, the scene kept
+        assert (face[~person] == background[~person]).mean() > 0.9
 
 
-def test_demo_size_is_checked_before_its_checkpoint_is_made(capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    code, _, err = call(capsys, "--demo", "--size", "96", "--out", tmp_path / "demo.png")
-    assert_one_line_error(code, err, "--size is 96x96", "multiples of 64")
+def test_demo_assets_are_rendered_from_a_seed_and_replace_only_their_own(tmp_path):
+    from magicface_jax.training.init import synthetic_magicface_config
+    from tests.random_checkpoint import write_random_checkpoint
+
+    export = write_random_checkpoint(tmp_path / "export", synthetic_magicface_config())
+    model, faces = tmp_path / "model", tmp_path / "faces"
+    size = demo.write_demo_assets(export, model, faces)
+    assert 0 < size < demo.MAX_MODEL_BYTES
+    assert checkpoint.read_info(model).source["demo"]
+    for k in range(demo.FACE_COUNT):  # the shipped portraits are these, rendered again
+        for end in ("", "_bg"):
+            np.testing.assert_array_equal(
+                read(faces / f"face_{k}{end}.png"), read(demo.DEMO_FACES / f"face_{k}{end}.png")
+            )
+    demo.write_demo_assets(export, model, faces)  # its own folders: replaced
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for folders in ((foreign, faces), (model, foreign)):
+        with pytest.raises(MagicFaceError, match="is a folder of other files"):
+            demo.write_demo_assets(export, *folders)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_demo_size_is_checked_before_anything_runs(capsys, demo_env, tmp_path):
+    code, _, err = call(capsys, "--demo", "--size", "72", "--out", tmp_path / "demo.png")
+    assert_one_line_error(code, err, "--size is 72x72", "multiples of 16")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -478,16 +501,14 @@ def _script(*argv, env=None) -> subprocess.CompletedProcess:
 
 
 def test_entry_point_exit_status_on_bad_input(tmp_path):
-    result = _script(
-        "--demo", "--au", "AU3=+1", "--out", tmp_path / "x.png", env={**os.environ, CACHE_ENV: str(tmp_path)}
-    )
+    result = _script("--demo", "--au", "AU3=+1", "--out", tmp_path / "x.png", env=os.environ.copy())
     assert_one_line_error(result.returncode, result.stderr, "AU3")
-    assert list(tmp_path.iterdir()) == []  # neither the output nor the demo checkpoint
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_entry_point_demo(tmp_path, demo_cache):
+def test_entry_point_demo(tmp_path):
     out = tmp_path / "demo.png"
-    result = _script("--demo", *STEPS, "--size", SIZE, "--out", out, env=os.environ.copy())
+    result = _script("--demo", *STEPS, "--au", "AU12=+3", "--out", out, env=os.environ.copy())
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout and out.is_file()

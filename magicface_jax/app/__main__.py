@@ -2,8 +2,8 @@
 
     python -m magicface_jax.app [--checkpoint DIR] [--host 127.0.0.1] [--port 7860]
 
-Without --checkpoint it serves the demo checkpoint (generated on first use, no download) at the demo's
-size and steps. It listens on 127.0.0.1 unless given another --host. See docs/app.md.
+Without --checkpoint it serves the shipped demo model (MagicFace trained on synthetic faces, no download)
+at the demo's size and steps. It listens on 127.0.0.1 unless given another --host. See docs/app.md.
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def main(argv=None) -> None:
     _check(args)
     notice = None
     if args.checkpoint is None:
-        notice = demo.NOTICE
+        notice = demo.describe()
         demo.prefer_fast_compilation()
-        args.checkpoint, _ = demo.ensure_demo_checkpoint()
+        args.checkpoint = demo.DEMO_MODEL
         args.size = args.size or demo.DEMO_SIZE
         args.steps = args.steps or demo.DEMO_STEPS
         print(f"note: {notice}", file=sys.stderr)

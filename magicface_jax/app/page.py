@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from magicface_jax.app import controls
 from magicface_jax.app.service import EditService
-from magicface_jax.assets import AUTHORS_EXAMPLES
+from magicface_jax.assets import AUTHORS_EXAMPLES, DEMO_FACES
+from magicface_jax.demo import FACE_COUNT
 from magicface_jax.diffusion import SAMPLERS
 from magicface_jax.editing.sweep import Sweep
 from magicface_jax.errors import MagicFaceError
@@ -28,7 +29,11 @@ import gradio as gr
 
 PROGRESS = gr.Progress()
 
-EXAMPLES = ("00381", "00025", "00512")  # the authors' prepared examples: face crop and background
+# Prepared examples, face crop and background: the demo model's synthetic portraits, the authors' photos.
+EXAMPLES = (
+    *((DEMO_FACES / f"face_{k}.png", DEMO_FACES / f"face_{k}_bg.png") for k in range(FACE_COUNT)),
+    *((AUTHORS_EXAMPLES / f"{n}.png", AUTHORS_EXAMPLES / f"{n}_bg.png") for n in ("00381", "00025", "00512")),
+)
 HEIGHT = 300  # of every image on the page, in CSS pixels
 TITLE = "MagicFace: edit a facial expression by Action Units"
 USAGE = (
@@ -132,7 +137,7 @@ def build_page(service: EditService, notice: str | None = None) -> gr.Blocks:
                 label="background condition", type="filepath", format="png", height=HEIGHT, elem_id="bg"
             )
         gr.Examples(
-            [[str(AUTHORS_EXAMPLES / f"{n}.png"), str(AUTHORS_EXAMPLES / f"{n}_bg.png")] for n in EXAMPLES],
+            [[str(face), str(background)] for face, background in EXAMPLES],
             inputs=[face, background],
             label="examples (prepared face crop and background)",
         )

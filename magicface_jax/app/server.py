@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from magicface_jax.app.page import build_page, gr
 from magicface_jax.app.service import EditService
-from magicface_jax.assets import AUTHORS_EXAMPLES
+from magicface_jax.assets import AUTHORS_EXAMPLES, DEMO_FACES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -26,7 +26,7 @@ def launch(
         server_port=port,
         prevent_thread_lock=not block,
         max_file_size=MAX_FILE_SIZE,
-        allowed_paths=[str(AUTHORS_EXAMPLES)],
+        allowed_paths=[str(AUTHORS_EXAMPLES), str(DEMO_FACES)],
         ssr_mode=False,
         mcp_server=False,
         share=False,
