@@ -188,6 +188,27 @@ def test_a_run_without_identity_features_exports_a_zero_identity_encoder():
     assert np.asarray(kept["identity_encoder"]["conv_in"]["kernel"]).any()
 
 
+def test_validation_edits_the_identity_image_with_its_own_condition():
+    from magicface_jax.data import features
+    from magicface_jax.data.png import encode_png
+    from magicface_jax.data.synthetic_faces import IDENTITY_BACKGROUND
+    from magicface_jax.images import to_model_input
+    from magicface_jax.training.validation import validation_record
+
+    images = [np.full((16, 16, 3), value, np.uint8) for value in (10, 20, 30, 40)]
+    record = {
+        features.IDENTITY_IMAGE: encode_png(images[0]),
+        features.TARGET_IMAGE: encode_png(images[1]),
+        features.BACKGROUND: encode_png(images[2]),  # the target's condition: another pose and scene
+        IDENTITY_BACKGROUND: encode_png(images[3]),
+        features.AU_VARIATION: np.zeros(12, np.float32),
+        "index": 0,
+    }
+    np.testing.assert_array_equal(validation_record(record)["background"], to_model_input(images[3]))
+    del record[IDENTITY_BACKGROUND]  # a dataset without it (magicface_pairs): the pair's condition
+    np.testing.assert_array_equal(validation_record(record)["background"], to_model_input(images[2]))
+
+
 def test_config_overrides_are_typed(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("output_dir: out\ndataset: data\ntrain:\n  steps: 5\n")

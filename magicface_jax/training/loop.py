@@ -29,7 +29,7 @@ import jax
 from tqdm import tqdm
 
 from magicface_jax.atomic import atomic_file
-from magicface_jax.data.pipeline import IndexedSource, decode
+from magicface_jax.data.pipeline import IndexedSource
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.images import save_image
 from magicface_jax.parallel.mesh import to_host, training_mesh
@@ -41,7 +41,7 @@ from magicface_jax.training.init import load_start
 from magicface_jax.training.latent_cache import LatentCache, vae_fingerprint
 from magicface_jax.training.observe import EventLog, peak_tflops, step_flops
 from magicface_jax.training.trainer import Trainer, make_trainer
-from magicface_jax.training.validation import validation_grid, validation_set
+from magicface_jax.training.validation import validation_grid, validation_record, validation_set
 
 Log = Callable[[str], None]
 
@@ -205,8 +205,8 @@ def _validation(trainer: Trainer, out: Path, events: EventLog, log: Log):
     except MagicFaceError as err:
         log(f"warning: no validation grids ({err})")
         return None
-    records = [decode(IndexedSource(source)[i]) for i in range(min(run.evaluation.num_pairs, len(source)))]
-    data = validation_set(records, run.evaluation)
+    raw = [IndexedSource(source)[i] for i in range(min(run.evaluation.num_pairs, len(source)))]
+    data = validation_set([validation_record(r) for r in raw], run.evaluation)
 
     def write(step: int, state) -> None:
         networks = exported_networks(state, trainer.frozen, "ema", run.train.train_identity_features)

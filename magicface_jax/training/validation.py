@@ -16,8 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from magicface_jax.data.pipeline import decode
+from magicface_jax.data.png import decode_png
+from magicface_jax.data.synthetic_faces import IDENTITY_BACKGROUND
 from magicface_jax.diffusion import NoiseSchedule, make_sampler
 from magicface_jax.faces.aus import au_vector, parse_edit
+from magicface_jax.images import to_model_input
 from magicface_jax.models.magicface import MagicFace, Params
 from magicface_jax.parallel.mesh import replicated, to_host
 from magicface_jax.pipeline import edit_program
@@ -29,6 +33,16 @@ class ValidationSet:
     sources: np.ndarray  # float32 (N, S, S, 3) in [-1, 1]
     backgrounds: np.ndarray
     edits: np.ndarray  # (E, 12): the AU variations, the first all zero (the reconstruction)
+
+
+def validation_record(record) -> dict[str, np.ndarray]:
+    """A held-out record decoded for a grid: the identity image with its own background condition where
+    the dataset stores one (synthetic_faces 2.0.0, whose targets differ in pose and scene), as at
+    inference; otherwise the pair's condition."""
+    decoded = decode(record)
+    if IDENTITY_BACKGROUND in record:
+        decoded["background"] = to_model_input(decode_png(record[IDENTITY_BACKGROUND]))
+    return decoded
 
 
 def validation_set(records: list[dict[str, np.ndarray]], settings: EvaluationSettings) -> ValidationSet:
