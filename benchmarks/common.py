@@ -68,14 +68,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
-def ensure_devices(count: int, what: str) -> None:
+def request_cpu_devices(count: int) -> None:
     """Asks XLA for `count` CPU devices when XLA_FLAGS does not say how many (it only takes effect before
-    JAX starts its backend; on a GPU or TPU host it only concerns the unused CPU backend), then checks that
-    JAX has `count` devices."""
-    flag = f"--xla_force_host_platform_device_count={count}"
+    JAX starts its backend; on a GPU or TPU host it only concerns the unused CPU backend)."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+def ensure_devices(count: int, what: str) -> None:
+    """`request_cpu_devices(count)`, then checks that JAX has `count` devices."""
+    request_cpu_devices(count)
+    flag = f"--xla_force_host_platform_device_count={count}"
     import jax
 
     if len(jax.devices()) < count:

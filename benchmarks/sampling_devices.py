@@ -114,13 +114,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def device_counts(requested: tuple[int, ...] | None) -> tuple[int, ...]:
     """The requested counts, checked against this host's devices; by default 1, 2, 4, ... up to all."""
-    common.ensure_devices(max(requested, default=8), "--devices")
+    if requested:
+        common.ensure_devices(max(requested), "--devices")
+        return requested
+    common.request_cpu_devices(8)
     import jax
 
     available = len(jax.devices())
-    if requested is None:
-        return tuple(2**i for i in range(available.bit_length()) if 2**i <= available)
-    return requested
+    return tuple(2**i for i in range(available.bit_length()) if 2**i <= available)
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -297,6 +298,7 @@ def run_setting(setup: Setup, dtype: str, devices: list, parallelism: str, args,
         print_row(row)
     if not abstract:
         jax.tree.map(lambda a: a.delete(), weights)  # the next setting's copies take their place
+    jax.clear_caches()  # and its programs those of this one
     return rows
 
 
