@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def device_counts(requested: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The requested counts, checked against this host's devices; by default 1, 2, 4, ... up to all."""
+    """The requested counts, checked against this host's devices; by default 1, 2, 4, ... and all."""
     if requested:
         common.ensure_devices(max(requested), "--devices")
         return requested
@@ -121,7 +121,7 @@ def device_counts(requested: tuple[int, ...] | None) -> tuple[int, ...]:
     import jax
 
     available = len(jax.devices())
-    return tuple(2**i for i in range(available.bit_length()) if 2**i <= available)
+    return tuple(sorted({2**i for i in range(available.bit_length())} | {available}))
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -130,8 +130,7 @@ def device_counts(requested: tuple[int, ...] | None) -> tuple[int, ...]:
 @dataclasses.dataclass
 class Setup:
     name: str
-    config: Any  # MagicFaceConfig at the run's dtype
-    model: Any  # MagicFace with the sampling kernels
+    model: Any  # MagicFace at the run's dtype, with the sampling kernels
     weights: Any  # (parameters, prompt): host arrays, or ShapeDtypeStructs with --compile-only
     inputs: sampling.Inputs
     sampler: Any
@@ -418,7 +417,7 @@ def build_setup(name: str, dtype: str, args) -> Setup:
     flops = {
         b: denoiser_flops_per_edit(model, weights, b, size // 8, args.steps) for b in args.batch_per_device
     }
-    return Setup(name, config, model, weights, inputs, sampler, flops)
+    return Setup(name, model, weights, inputs, sampler, flops)
 
 
 def main(argv: list[str] | None = None) -> None:
