@@ -51,6 +51,7 @@ format: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/model.py --config tiny
 	$(BIN)/python benchmarks/sampling.py --config tiny
+	$(BIN)/python benchmarks/sampling_devices.py --config tiny --batch-per-device 1 --steps 20
 	$(BIN)/python benchmarks/training.py --part cpu --configs tiny --steps 3 --pairs 16
 
 clean:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
+import json
+import math
 import os
 import platform
 import resource
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from magicface_jax.atomic import atomic_file
 from magicface_jax.errors import MagicFaceError
 
 # Flags that trade run time for compile time (tests/conftest.py sets them); figures taken under them are
@@ -32,6 +35,58 @@ def check_json_path(path: str | None) -> None:
     """`--json PATH` must name a file in an existing folder (checked before any measurement)."""
     if path and not Path(path).resolve().parent.is_dir():
         raise MagicFaceError(f"--json {path}: its folder does not exist")
+
+
+def whole_numbers(text: str, flag: str, example: str = "1,2,4") -> tuple[int, ...]:
+    """A comma-separated list of whole numbers >= 1, in the order given, or a one-line error."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise MagicFaceError(f"{flag} {text!r}: give comma-separated whole numbers, e.g. {example}") from None
+    if any(v < 1 for v in values):
+        raise MagicFaceError(f"{flag} {text!r}: every value must be at least 1")
+    return values
+
+
+def names(text: str, flag: str, allowed: Sequence[str]) -> tuple[str, ...]:
+    """A comma-separated list of names out of `allowed`, without repeats, or a one-line error."""
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not values or any(v not in allowed for v in values):
+        raise MagicFaceError(f"{flag} {text!r}: use one or more of {', '.join(allowed)}, comma-separated")
+    return tuple(dict.fromkeys(values))
+
+
+def write_json(path: str, report: dict[str, Any], overwrite: bool = True) -> None:
+    """Writes a report whole or not at all (a partial file renamed at the end); an existing file is kept
+    unless `overwrite`."""
+    with atomic_file(path, overwrite) as partial:
+        partial.write_text(json.dumps(report, indent=2))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
+def request_cpu_devices(count: int) -> None:
+    """Asks XLA for `count` CPU devices when XLA_FLAGS does not say how many (it only takes effect before
+    JAX starts its backend; on a GPU or TPU host it only concerns the unused CPU backend)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+def ensure_devices(count: int, what: str) -> None:
+    """`request_cpu_devices(count)`, then checks that JAX has `count` devices."""
+    request_cpu_devices(count)
+    flag = f"--xla_force_host_platform_device_count={count}"
+    import jax
+
+    if len(jax.devices()) < count:
+        raise MagicFaceError(
+            f"{what} needs {count} devices, JAX has {len(jax.devices())} ({jax.default_backend()}): on a CPU "
+            f"run it in a fresh process with XLA_FLAGS={flag}"
+        )
 
 
 def check_xla_flags() -> str:
@@ -172,8 +227,13 @@ def compile_ahead(fn: Callable, *args, **kwargs) -> Compiled:
     """`jax.jit(fn).lower(*args).compile()`, timing the two stages apart."""
     import jax
 
+    return compile_program(jax.jit(fn), *args, **kwargs)
+
+
+def compile_program(program, *args, **kwargs) -> Compiled:
+    """`program.lower(*args).compile()` for a jitted or pmapped function, timing the two stages apart."""
     start = time.perf_counter()
-    lowered = jax.jit(fn).lower(*args, **kwargs)
+    lowered = program.lower(*args, **kwargs)
     lowered_at = time.perf_counter()
     executable = lowered.compile()
     return Compiled(executable, lowered_at - start, time.perf_counter() - lowered_at)
@@ -197,6 +257,20 @@ def plain(model):
     return dataclasses.replace(model, kernels=PLAIN)
 
 
+def state_bytes(tree) -> tuple[int, int]:
+    """(bytes on one device, bytes of one full copy) of a pytree of arrays or ShapeDtypeStructs that carry
+    their shardings."""
+    import jax
+    import numpy as np
+
+    per_device = full = 0
+    for leaf in jax.tree.leaves(tree):
+        itemsize = np.dtype(leaf.dtype).itemsize
+        full += math.prod(leaf.shape) * itemsize
+        per_device += math.prod(leaf.sharding.shard_shape(leaf.shape)) * itemsize
+    return per_device, full
+
+
 def xla_memory(executable) -> dict[str, int]:
     """XLA's buffer sizes (bytes): arguments, outputs, temporaries (the scratch the program allocates)."""
     stats = executable.memory_analysis()
@@ -204,13 +278,14 @@ def xla_memory(executable) -> dict[str, int]:
     return {f"{name}_bytes": int(getattr(stats, f"{name}_size_in_bytes", 0)) for name in fields}
 
 
-def matmul_flops_per_second(size: int = 4096, repeats: int = 8) -> float:
-    """Best fp32 FLOP/s of a jitted `jnp.dot` of two (size, size) matrices: this machine's practical peak."""
+def matmul_flops_per_second(size: int = 4096, repeats: int = 8, dtype: str = "float32") -> float:
+    """Best FLOP/s of a jitted `jnp.dot` of two (size, size) matrices on the default device, at JAX's default
+    precision: this machine's practical peak."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     dot = jax.jit(jnp.dot).lower(a, b).compile()
     timing = time_runs(lambda: dot(a, b).block_until_ready(), repeats)
     return 2 * size**3 / timing.best

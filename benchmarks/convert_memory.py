@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         report = {"command": " ".join(["python", *sys.argv]), "machine": info, **results}
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        common.write_json(args.json, report)
 
 
 if __name__ == "__main__":

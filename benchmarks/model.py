@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -318,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        common.write_json(args.json, report)
 
 
 if __name__ == "__main__":

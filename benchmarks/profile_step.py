@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             "categories": [dataclasses.asdict(r) for r in categories],
             "rows": [dataclasses.asdict(r) for r in rows],
         }
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        common.write_json(args.json, report)
 
 
 if __name__ == "__main__":

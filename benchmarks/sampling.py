@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -47,16 +46,6 @@ DEFAULT_STEPS = {"tiny": 50, "sd15": 2}
 DEFAULT_REPEATS = {"tiny": 5, "sd15": 1}
 REFERENCE_STEPS = 50  # the authors' setting; per-image figures are extrapolated to it
 DTYPES = ("float32", "bfloat16")
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise MagicFaceError(f"--batch {text!r}: give comma-separated whole numbers, e.g. 1,2,4,8") from None
-    if any(v < 1 for v in values):
-        raise MagicFaceError(f"--batch {text!r}: every batch size must be at least 1")
-    return tuple(sorted(set(values)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config not in (*CONFIGS, "both"):
         raise MagicFaceError(f"--config {args.config!r}: use tiny, sd15 or both")
-    args.batch = _batches(args.batch)
+    args.batch = tuple(sorted(set(common.whole_numbers(args.batch, "--batch", "1,2,4,8"))))
     if args.steps is not None and args.steps < 1:
         raise MagicFaceError(f"--steps {args.steps}: must be at least 1")
     if not args.guidance > 1.0:
@@ -199,6 +188,21 @@ def guided_step(model) -> Callable:
     return step
 
 
+def identity_shapes(model, params, prompt, batch: int, latent: int) -> tuple[Any, list[tuple[int, ...]]]:
+    """ShapeDtypeStructs of the identity tokens' keys/values at `batch` edits, and the identity features'
+    shapes (from the parameters' shapes alone: nothing is computed)."""
+    import jax
+    import jax.numpy as jnp
+
+    features = jax.eval_shape(
+        model.identity_features,
+        params["identity_encoder"],
+        jax.ShapeDtypeStruct((batch, latent, latent, 4), jnp.float32),
+        prompt,
+    )
+    return jax.eval_shape(model.identity_kv, params["denoiser"], features), [f.shape for f in features]
+
+
 def step_arguments(pipe, batch: int, latent: int, guidance: float, seed: int = 2) -> tuple[tuple, list]:
     """Arguments of `guided_step` at `batch` edits (random identity keys/values of the right shapes), and
     the shapes of the identity features."""
@@ -206,15 +210,8 @@ def step_arguments(pipe, batch: int, latent: int, guidance: float, seed: int = 2
     import jax.numpy as jnp
     import numpy as np
 
-    model = pipe.model
     rng = np.random.default_rng(seed)
-    features = jax.eval_shape(
-        model.identity_features,
-        pipe.params["identity_encoder"],
-        jax.ShapeDtypeStruct((batch, latent, latent, 4), jnp.float32),
-        pipe.prompt_embeds,
-    )
-    kv_shapes = jax.eval_shape(model.identity_kv, pipe.params["denoiser"], features)
+    kv_shapes, feature_shapes = identity_shapes(pipe.model, pipe.params, pipe.prompt_embeds, batch, latent)
 
     def normal(shape, dtype=jnp.float32):
         return jnp.asarray(rng.standard_normal(shape).astype(np.float32)).astype(dtype)
@@ -232,7 +229,7 @@ def step_arguments(pipe, batch: int, latent: int, guidance: float, seed: int = 2
         normal((batch, latent, latent, 4)),
         jnp.float32(500.0),
     )
-    return args, [f.shape for f in features]
+    return args, feature_shapes
 
 
 def matmul_flops(fn: Callable, *args) -> float:
@@ -275,11 +272,12 @@ def _sub_jaxprs(params: dict) -> Iterator[Any]:
                 yield item
 
 
-def step_flops(pipe, args: tuple) -> float:
+def step_flops(model, args: tuple) -> float:
+    """XLA's FLOPs of one guided denoiser call of `model` on `args` (arrays or their shapes)."""
     import jax
 
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
-    return common.xla_flops(jax.jit(guided_step(common.plain(pipe.model))).lower(*abstract).compile())
+    return common.xla_flops(jax.jit(guided_step(common.plain(model))).lower(*abstract).compile())
 
 
 def compile_program(program, args: tuple) -> tuple[Any, dict[str, float]]:
@@ -429,7 +427,7 @@ def run_batch(
     step_args, feature_shapes = step_arguments(pipe, batch, latent, args.guidance)
     step_exe = jax.jit(guided_step(pipe.model)).lower(*step_args).compile()
     step_fns = {"jax": lambda: step_exe(*step_args).block_until_ready()}
-    work = {"jax": {"xla_flops": step_flops(pipe, step_args)}}
+    work = {"jax": {"xla_flops": step_flops(pipe.model, step_args)}}
     work["jax"]["matmul_flops"] = matmul_flops(guided_step(pipe.model), *step_args)
     if torch_run is not None:
         step_fns["torch"] = torch_step(models, feature_shapes, batch, latent, args.guidance)
@@ -639,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"load average after: {' '.join(f'{x:.2f}' for x in report['load_average_after'])}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        common.write_json(args.json, report)
 
 
 if __name__ == "__main__":

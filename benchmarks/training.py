@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -52,24 +51,6 @@ TARGETS = {
     "v5p-8": {"devices": 4, "memory_gib": 95.0, "device_kind": "TPU v5p"},
     "8xH100": {"devices": 8, "memory_gib": 80.0, "device_kind": "NVIDIA H100"},
 }
-
-
-def _positive_list(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise MagicFaceError(f"{flag} {text!r}: expected comma-separated whole numbers") from None
-    if any(v < 1 for v in values):
-        raise MagicFaceError(f"{flag} {text!r}: every value must be at least 1")
-    return values
-
-
-def _choices(text: str, flag: str, allowed) -> tuple[str, ...]:
-    values = tuple(part.strip() for part in text.split(",") if part.strip())
-    bad = [v for v in values if v not in allowed]
-    if bad or not values:
-        raise MagicFaceError(f"{flag} {text!r}: use one or more of {', '.join(allowed)}")
-    return values
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -105,16 +86,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.part not in PARTS:
         raise MagicFaceError(f"--part {args.part!r}: use cpu, sd15 or all")
-    args.configs = _choices(args.configs, "--configs", tuple(CPU_CONFIGS))
-    args.remat = _choices(args.remat, "--remat", REMATS)
-    args.batches = tuple(sorted(set(_positive_list(args.batches, "--batches"))))
+    args.configs = common.names(args.configs, "--configs", tuple(CPU_CONFIGS))
+    args.remat = common.names(args.remat, "--remat", REMATS)
+    args.batches = tuple(sorted(set(common.whole_numbers(args.batches, "--batches"))))
     for flag, value in (("--steps", args.steps), ("--pipeline-batches", args.pipeline_batches)):
         if value < 1:
             raise MagicFaceError(f"{flag} {value}: must be at least 1")
     if args.pairs < 16:
         raise MagicFaceError(f"--pairs {args.pairs}: must be at least 16 (two batches of 8)")
     args.compile_widths = (
-        _positive_list(args.compile_widths, "--compile-widths") if args.compile_widths else ()
+        common.whole_numbers(args.compile_widths, "--compile-widths") if args.compile_widths else ()
     )
     for flag, width in [("--width", args.width)] + [("--compile-widths", w) for w in args.compile_widths]:
         if width < 32 or width % 32:
@@ -142,21 +123,6 @@ def _reused(path: str) -> dict[str, Any]:
             f"--reuse {path}: not a report of benchmarks/training.py --part sd15 --json "
             f"({type(err).__name__})"
         ) from None
-
-
-def ensure_devices(count: int) -> None:
-    """Asks XLA for `count` CPU devices, which only works before JAX has started its backend."""
-    flag = f"--xla_force_host_platform_device_count={count}"
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
-    import jax
-
-    if len(jax.devices()) < count:
-        raise MagicFaceError(
-            f"the sd15 part needs {count} devices, JAX has {len(jax.devices())}: run it in a fresh process "
-            f"or set XLA_FLAGS={flag}"
-        )
 
 
 # ------------------------------------------------------------------------------------------- cpu part
@@ -336,19 +302,6 @@ def abstract_batch(mesh, global_batch: int, size: int):
     image = jax.ShapeDtypeStruct((global_batch, size, size, 3), jnp.float32, sharding=sharding)
     au = jax.ShapeDtypeStruct((global_batch, 12), jnp.float32, sharding=sharding)
     return {"identity": image, "target": image, "background": image, "au_variation": au}
-
-
-def state_bytes(abstract_state) -> tuple[int, int]:
-    """(bytes on one device, bytes of one full copy) of a state of ShapeDtypeStructs with shardings."""
-    import jax
-    import numpy as np
-
-    per_device = full = 0
-    for leaf in jax.tree.leaves(abstract_state):
-        itemsize = np.dtype(leaf.dtype).itemsize
-        full += math.prod(leaf.shape) * itemsize
-        per_device += math.prod(leaf.sharding.shard_shape(leaf.shape)) * itemsize
-    return per_device, full
 
 
 @functools.cache
@@ -560,9 +513,9 @@ def compile_sd15(width: int, remat: str, devices: int, per_device_batch: int) ->
 def state_figures(width: int, devices: int) -> dict[str, Any]:
     """Exact bytes of the train state, gradients and frozen networks per device under FSDP(devices)."""
     _, _, trainer = sd15_trainer(width, "none", devices)
-    per_device, full = state_bytes(trainer.abstract_state())
-    params_per_device, _ = state_bytes(trainer.abstract_state().params)
-    frozen_per_device, _ = state_bytes(trainer.frozen)
+    per_device, full = common.state_bytes(trainer.abstract_state())
+    params_per_device, _ = common.state_bytes(trainer.abstract_state().params)
+    frozen_per_device, _ = common.state_bytes(trainer.frozen)
     return {
         "devices": devices,
         "state_per_device_bytes": per_device,
@@ -625,7 +578,7 @@ def compile_grid(args: argparse.Namespace) -> list[tuple[int, int]]:
 def run_sd15(args: argparse.Namespace) -> dict[str, Any]:
     from magicface_jax.training.observe import PEAK_TFLOPS
 
-    ensure_devices(SD15_DEVICES)
+    common.ensure_devices(SD15_DEVICES, "the sd15 part")
     print(
         f"\n== SD1.5 MagicFace at 512², {SD15_CONFIG} (bf16 compute, VAE in the step): FSDP meshes of CPU "
         f"devices, never run; width {args.width}; memory "
@@ -787,7 +740,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     common.check_xla_flags()
     if args.part in ("sd15", "all"):
-        ensure_devices(SD15_DEVICES)
+        common.ensure_devices(SD15_DEVICES, "the sd15 part")
     info = common.machine()
     print(
         f"{info['cpu']}, {info['cores']} cores, load {' '.join(f'{x:.2f}' for x in info['load_average'])}; "
@@ -802,7 +755,7 @@ def main(argv: list[str] | None = None) -> None:
         report["sd15"] = run_sd15(args)
         print("\n" + sd15_tables(report["sd15"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        common.write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -168,10 +168,63 @@ def sharded_edit_program(model: MagicFace, mesh: Mesh, guided: bool, decode: boo
 
 
 @functools.cache
-def pmap_edit_program(model: MagicFace, guided: bool, decode: bool):
-    """`edit_program` under `jax.pmap` over this process's devices (parameters stacked per device)."""
+def pmap_edit_program(model: MagicFace, devices: tuple[jax.Device, ...], guided: bool, decode: bool):
+    """`edit_program` under `jax.pmap` over `devices` (every process's, in mesh order): parameters stacked
+    per device, inputs split along a leading axis of this process's device count."""
     per_device = functools.partial(edit_program, model, guided=guided, decode=decode)
-    return jax.pmap(per_device, in_axes=(0, 0, 0, 0, 0, 0, None, None))
+    return jax.pmap(per_device, in_axes=(0, 0, 0, 0, 0, 0, None, None), devices=devices)
+
+
+def local_devices(mesh: Mesh) -> list[jax.Device]:
+    """The mesh's devices that belong to this process, in mesh order."""
+    return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+
+
+def place_weights(tree, mesh: Mesh, parallelism: str):
+    """Parameters (and prompt) placed for a program: for "shard_map" replicated over the mesh, for "pmap"
+    stacked along a new leading axis, one slice per local device (the classic pmap placement). Either way
+    every device holds one copy."""
+    if parallelism == "pmap":
+        devices = local_devices(mesh)
+        stacked = batch_sharded(data_mesh(devices))
+        return jax.tree.map(
+            lambda leaf: jax.device_put(np.broadcast_to(to_host(leaf), (len(devices), *leaf.shape)), stacked),
+            tree,
+        )
+    return replicate(tree, mesh)
+
+
+def edit_call(
+    model: MagicFace,
+    mesh: Mesh,
+    parallelism: str,
+    weights: tuple,
+    arrays: Sequence[np.ndarray],
+    scale: jax.Array,
+    sampler: Sampler,
+    *,
+    guided: bool,
+    decode: bool,
+) -> tuple[Callable, tuple]:
+    """The program of `parallelism` over `mesh` and its arguments. `weights`: (parameters, prompt) from
+    `place_weights`; `arrays`: the host batches of `program_inputs`, padded to split evenly over the
+    devices (shard_map: along the batch; pmap: along a new leading axis of the local device count)."""
+    if parallelism == "pmap":
+        devices = local_devices(mesh)
+        stacked, count = batch_sharded(data_mesh(devices)), len(devices)
+        split = [
+            jax.device_put(pad_batch(a, count).reshape(count, -1, *a.shape[1:]), stacked) for a in arrays
+        ]
+        program = pmap_edit_program(model, tuple(mesh.devices.flat), guided, decode)
+        return program, (*weights, *split, scale, sampler)
+    sharding = batch_sharded(mesh)
+    sharded = [to_global(pad_batch(a, mesh.devices.size), sharding) for a in arrays]
+    return sharded_edit_program(model, mesh, guided, decode), (*weights, *sharded, scale, sampler)
+
+
+def program_inputs(request: EditRequest) -> list[np.ndarray]:
+    """The edit program's batched inputs on the host: sources, backgrounds, AU, noise."""
+    return [to_model_input(request.sources), to_model_input(request.backgrounds), request.au, request.noise]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -361,32 +414,19 @@ class MagicFacePipeline:
         parallelism: str = "shard_map",
     ):
         """The compiled program and its arguments for a request (benchmarks use it for cost analysis and
-        timing). `parallelism`: "shard_map" over the mesh, or "pmap" over this process's devices."""
+        timing). `parallelism`: "shard_map" over the mesh, or "pmap" over the mesh's devices."""
+        weights = self._pmap_replicas() if parallelism == "pmap" else (self.params, self.prompt_embeds)
         guided, decode = guidance_scale != 1.0, output_type != "latent"
-        arrays = [
-            to_model_input(request.sources),
-            to_model_input(request.backgrounds),
-            request.au,
-            request.noise,
-        ]
-        scale = jnp.float32(guidance_scale)
-        if parallelism == "pmap":
-            devices = jax.local_devices()
-            per_device = [pad_batch(a, len(devices)).reshape(len(devices), -1, *a.shape[1:]) for a in arrays]
-            return pmap_edit_program(self.model, guided, decode), (
-                *self._pmap_replicas(devices),
-                *per_device,
-                scale,
-                sampler,
-            )
-        sharding = batch_sharded(self.mesh)
-        global_arrays = (to_global(pad_batch(a, self.num_devices), sharding) for a in arrays)
-        return sharded_edit_program(self.model, self.mesh, guided, decode), (
-            self.params,
-            self.prompt_embeds,
-            *global_arrays,
-            scale,
+        return edit_call(
+            self.model,
+            self.mesh,
+            parallelism,
+            weights,
+            program_inputs(request),
+            jnp.float32(guidance_scale),
             sampler,
+            guided=guided,
+            decode=decode,
         )
 
     def __call__(
@@ -408,7 +448,7 @@ class MagicFacePipeline:
         Returns PIL images, a float array in [0, 1] (B, H, W, 3) for "np", or the final latents for "latent".
         The authors' script uses guidance 1.5; the default is the paper's best, 3.0. At 1.0 only the
         conditional branch runs (same result, half the work). `parallelism="pmap"` runs the classic
-        `jax.pmap` over this process's devices instead of `shard_map` over the mesh (same results).
+        `jax.pmap` over the mesh's devices instead of `shard_map` over the mesh (same results).
         """
         if parallelism not in PARALLELISMS:
             raise MagicFaceError(f"parallelism {parallelism!r} is not one of {', '.join(PARALLELISMS)}")
@@ -423,15 +463,9 @@ class MagicFacePipeline:
             return [Image.fromarray(image) for image in to_uint8(result)]
         return result
 
-    def _pmap_replicas(self, devices):
+    def _pmap_replicas(self):
         if self._replicas is None:
-            stacked = batch_sharded(data_mesh(devices))  # one copy per device along a new leading axis
-            self._replicas = jax.tree.map(
-                lambda leaf: jax.device_put(
-                    np.broadcast_to(to_host(leaf), (len(devices), *leaf.shape)), stacked
-                ),
-                (self.params, self.prompt_embeds),
-            )
+            self._replicas = place_weights((self.params, self.prompt_embeds), self.mesh, "pmap")
         return self._replicas
 
     def make_sampler(self, name: str, steps: int, guidance_scale: float, output_type: str = "pil") -> Sampler:

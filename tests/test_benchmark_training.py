@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import training
+from benchmarks import common, training
 from magicface_jax.cli import run
 
 CPU_KEYS = {
@@ -54,7 +54,7 @@ def test_state_bytes_count_one_device_shard_and_one_full_copy():
         "kernel": jax.ShapeDtypeStruct((16, 8), jnp.float32, sharding=NamedSharding(mesh, P("fsdp"))),
         "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())),
     }
-    assert training.state_bytes(state) == (2 * 8 * 4 + 4, 16 * 8 * 4 + 4)
+    assert common.state_bytes(state) == (2 * 8 * 4 + 4, 16 * 8 * 4 + 4)
 
 
 def test_the_activation_model_fits_batch_and_width_and_predicts_the_largest_batch():

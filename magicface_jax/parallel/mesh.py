@@ -80,8 +80,8 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(put, tree)
 
 
-def to_host(array: jax.Array) -> np.ndarray:
-    if array.is_fully_addressable:
+def to_host(array: jax.Array | np.ndarray) -> np.ndarray:
+    if not isinstance(array, jax.Array) or array.is_fully_addressable:
         return np.asarray(array)
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
