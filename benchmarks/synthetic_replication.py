@@ -256,6 +256,48 @@ def _vae_round_trip(paths: Paths, pairs) -> np.ndarray:
 BASELINES = {"no_edit": lambda paths, pairs: pairs.sources, "vae_round_trip": _vae_round_trip}
 
 
+def au_use(paths: Paths, model: str, draws: int = 4) -> dict[str, float]:
+    """Does the denoiser use the AU condition? Its loss on the held-out pairs' cached latents with each
+    pair's true AU variation, with AU = 0 and with the variations shuffled over the pairs, on the same
+    noise and timesteps (mean over `draws` draws); a model that uses the AUs has the lowest loss with the
+    true ones."""
+    import jax
+    import jax.numpy as jnp
+
+    from magicface_jax import checkpoint
+    from magicface_jax.diffusion import NoiseSchedule
+    from magicface_jax.models.magicface import COMPONENTS, MagicFace
+    from magicface_jax.training.config import TrainSettings
+    from magicface_jax.training.latent_cache import LatentCache
+    from magicface_jax.training.step import Objective, draw, example_losses
+
+    export = paths.model(model) / "export"
+    info = checkpoint.read_info(export)
+    params = {name: checkpoint.read_params(export, name) for name in COMPONENTS}
+    prompt = jnp.asarray(checkpoint.read_prompt_embeds(export))
+    objective = Objective(
+        MagicFace(info.config), NoiseSchedule.from_diffusers(info.scheduler), TrainSettings()
+    )
+    cache = LatentCache.open(paths.latents, "test")
+    records = [cache[i] for i in range(len(cache))]
+    batch = {k: jnp.asarray(np.stack([r[k] for r in records])) for k in records[0] if k != "index"}
+    losses = jax.jit(lambda b, d: example_losses(objective, params, b, d, prompt))
+    variations = {
+        "true AU": batch["au_variation"],
+        "AU = 0": jnp.zeros_like(batch["au_variation"]),
+        "shuffled AU": batch["au_variation"][np.random.default_rng(0).permutation(len(records))],
+    }
+    found = {name: [] for name in variations}
+    for k in range(draws):
+        noise = draw(objective, jax.random.key(k), len(records), batch["target_mean"].shape[1:])
+        noise["keep_au"] = jnp.ones_like(noise["keep_au"])
+        for name, au in variations.items():
+            found[name].append(np.asarray(losses({**batch, "au_variation": au}, noise)))
+    means = {name: float(np.concatenate(v).mean()) for name, v in found.items()}
+    gain = np.concatenate(found["AU = 0"]) - np.concatenate(found["true AU"])
+    return means | {"gain": float(gain.mean()), "gain_se": float(gain.std() / np.sqrt(len(gain)))}
+
+
 def _write_json(path: Path, data: dict) -> None:
     with atomic_file(path) as partial:
         partial.write_text(json.dumps(data, indent=1))
@@ -318,6 +360,13 @@ class Report:
                 f"| {labels[name]} | {_cells(metrics, self.runner.bootstrap_noise(self.pairs, found))} |"
             )
         return rows
+
+    def au_use_row(self, model: str) -> str:
+        if _trained_steps(self.paths.model(model) / "export") < 0:
+            return f"| {model} | not trained yet | | | |"
+        u = au_use(self.paths, model)
+        cells = " | ".join(f"{u[k]:.5f}" for k in ("true AU", "AU = 0", "shuffled AU"))
+        return f"| {model} | {cells} | {u['gain']:+.5f} ± {u['gain_se']:.5f} |"
 
     def steps_table(self) -> tuple[list[str], list[Setting]]:
         """Each setting of the steps study against the reference: the difference of every metric with its
@@ -457,6 +506,12 @@ def stage_report(paths: Paths, args) -> None:
         ),
         report.row("with the identity encoder", "magicface", REFERENCE),
         "",
+        "## Does the denoiser use the AUs? Held-out loss (cached latents, the same noise and timesteps)",
+        "",
+        "| model | true AU | AU = 0 | shuffled AU | AU = 0 minus true |",
+        "|---|---|---|---|---|",
+        *(report.au_use_row(model) for model in MODELS),
+        "",
         "## Sampling steps (guidance 3): differences from UniPC at 50 steps",
         "",
         *steps_lines,
@@ -475,7 +530,7 @@ def stage_report(paths: Paths, args) -> None:
 def stage_demo(paths: Paths, args) -> None:
     from magicface_jax import demo
 
-    size = demo.write_demo_assets(paths.model("magicface") / "export")
+    size = demo.write_demo_assets(paths.model("magicface") / "export", note=args.demo_note)
     print(f"demo: wrote {demo.DEMO_MODEL} ({size / 2**20:.1f} MB) and {demo.DEMO_FACES}")
 
 
@@ -495,6 +550,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", default="all", help=f"comma-separated, from {', '.join(STAGES)}; or all")
     parser.add_argument("--pairs", type=int, default=TEST_PAIRS, help="test pairs evaluated")
     parser.add_argument("--batch-size", type=int, default=8, help="edits per sampling call")
+    parser.add_argument("--demo-note", default="", help="demo stage: what users should know about the model")
     parser.add_argument(
         "--train-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="for every model's train.py run"
     )

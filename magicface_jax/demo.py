@@ -46,14 +46,16 @@ def prefer_fast_compilation() -> None:
     os.environ["XLA_FLAGS"] = " ".join(flags)
 
 
-def describe() -> str:
+def describe(model_dir: Path = DEMO_MODEL) -> str:
     """One line saying what the demo model is, from its manifest."""
-    info = checkpoint.read_info(DEMO_MODEL)
+    info = checkpoint.read_info(model_dir)
     steps = info.source.get("trained_steps", "?")
     size = info.config.vae.sample_size
+    note = info.source.get("note")
     return (
         f"the demo model: MagicFace trained {steps} steps on procedural {size}x{size} faces "
         "(benchmarks/synthetic_replication.py); the portrait is a person it never saw"
+        + (f". {note}" if note else "")
     )
 
 
@@ -80,10 +82,13 @@ def render_demo_faces(directory: Path, count: int = FACE_COUNT, seed: int = FACE
         )
 
 
-def write_demo_assets(export: Path, model_dir: Path = DEMO_MODEL, faces_dir: Path = DEMO_FACES) -> int:
+def write_demo_assets(
+    export: Path, model_dir: Path = DEMO_MODEL, faces_dir: Path = DEMO_FACES, note: str = ""
+) -> int:
     """Writes the trained checkpoint `export` (its files verified on reading) to `model_dir` and renders
     the portraits into `faces_dir`; a folder there is replaced only if this function wrote it (its
-    `ASSETS_MANIFEST`). Returns the model's bytes."""
+    `ASSETS_MANIFEST`). `note`: what a user should know about the model, printed with every demo. Returns
+    the model's bytes."""
     from magicface_jax.models.magicface import COMPONENTS
 
     info = checkpoint.read_info(export)
@@ -92,6 +97,8 @@ def write_demo_assets(export: Path, model_dir: Path = DEMO_MODEL, faces_dir: Pat
     # Provenance without the paths of the machine that trained it.
     source = {k: v for k, v in info.source.items() if not k.endswith("checkpoint")}
     source |= {"vae": "the synthetic replication's VAE", "demo": "benchmarks/synthetic_replication.py"}
+    if note:
+        source["note"] = note
     with atomic.atomic_directory(model_dir, True, manifest=ASSETS_MANIFEST) as partial:
         writer = checkpoint.CheckpointWriter(partial)
         for name in COMPONENTS:
