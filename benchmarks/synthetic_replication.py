@@ -243,7 +243,7 @@ def stage_evaluations(paths: Paths, args) -> None:
             },
         )
         print(f"{model} {setting.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    print(f"evaluations: the estimator's own held-out errors: {estimators.held_out()}")
+    print(f"evaluations: the estimator's own held-out errors: {estimators.aus.held_out()}")
 
 
 def _vae_round_trip(paths: Paths, pairs) -> np.ndarray:
