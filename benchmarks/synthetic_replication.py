@@ -424,7 +424,7 @@ class Report:
         axis.set(xlabel="AU guidance scale", ylabel="AU MSE", title="UniPC, 50 steps, 64² synthetic faces")
         axis.legend(fontsize=8)
         figure.tight_layout()
-        with atomic_file(path) as partial:
+        with atomic_file(path, overwrite=True) as partial:  # the report's own, replaced
             figure.savefig(partial, format="png", dpi=120)
         plt.close(figure)
 
@@ -448,7 +448,7 @@ class Report:
             axis.set(xlabel="sampling steps", ylabel=metric, title=f"{metric}, guidance 3")
             axis.legend(fontsize=8)
         figure.tight_layout()
-        with atomic_file(path) as partial:
+        with atomic_file(path, overwrite=True) as partial:  # the report's own, replaced
             figure.savefig(partial, format="png", dpi=120)
         plt.close(figure)
 
@@ -469,7 +469,7 @@ class Report:
                 pipe = MagicFacePipeline.from_pretrained(export)
                 columns.append(self.runner.edit_pairs(pipe, subset, REFERENCE, batch_size=count))
         grid = np.concatenate([np.concatenate(list(column), axis=0) for column in columns], axis=1)
-        save_image(grid, path)
+        save_image(grid, path, overwrite=True)
 
 
 def stage_report(paths: Paths, args) -> None:
@@ -531,7 +531,7 @@ def stage_report(paths: Paths, args) -> None:
     report.steps_plot(paths.out / "steps.png")
     report.edits_grid(paths.out / "edits.png")
     text = "\n".join(lines) + "\n"
-    with atomic_file(paths.out / "report.md") as partial:
+    with atomic_file(paths.out / "report.md", overwrite=True) as partial:
         partial.write_text(text)
     print(text)
 
