@@ -114,7 +114,8 @@ def parse_args(argv) -> argparse.Namespace:
     outputs.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace output images that exist already (default: refuse them; --demo replaces its own)",
+        help="replace output images that exist already (default: refuse them; --demo replaces its own "
+        "default output)",
     )
     outputs.add_argument(
         "--saved_path",
@@ -178,7 +179,8 @@ def _apply_demo_defaults(args: argparse.Namespace) -> None:
         args.batch_size = args.batch_size or demo.DEMO_BATCH
     if args.steps is None:
         args.steps = demo.DEMO_STEPS
-    args.overwrite = True  # running the demo again replaces its image
+    if args.out is None:
+        args.overwrite = True  # running the demo again replaces its own image, never a file the user named
 
 
 def _output(args: argparse.Namespace, suffix: str = "") -> str:

@@ -436,7 +436,7 @@ def test_demo(capsys, demo_env, tmp_path):
     grid = read(out)
     assert grid.shape[0] >= len(demo.DEMO_SWEEPS) * demo.DEMO_SIZE and grid.shape[1] >= 7 * demo.DEMO_SIZE
     # Explicit flags replace the demo's defaults.
-    code, stdout, err = call(capsys, "--demo", *STEPS, "--au", "AU12=+3", "--out", out)
+    code, stdout, err = call(capsys, "--demo", *STEPS, "--au", "AU12=+3", "--out", out, "--overwrite")
     assert code == 0, err
     assert "AU12=+3" in stdout and "sweeping" not in stdout
     assert read(out).shape == (demo.DEMO_SIZE, demo.DEMO_SIZE, 3)
@@ -482,6 +482,14 @@ def test_demo_assets_are_rendered_from_a_seed_and_replace_only_their_own(tmp_pat
         with pytest.raises(MagicFaceError, match="is a folder of other files"):
             demo.write_demo_assets(export, *folders)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_demo_replaces_only_its_own_output(capsys, demo_env, tmp_path):
+    named = tmp_path / "mine.png"
+    named.write_bytes(b"not to be lost")
+    code, _, err = call(capsys, "--demo", *STEPS, "--out", named)
+    assert_one_line_error(code, err, "already exists")
+    assert named.read_bytes() == b"not to be lost"
 
 
 def test_demo_size_is_checked_before_anything_runs(capsys, demo_env, tmp_path):
