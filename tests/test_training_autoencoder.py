@@ -80,6 +80,30 @@ def test_export_sets_the_scaling_factor_and_loads_back(tmp_path):
         autoencoder.load_vae(tmp_path)
 
 
+def test_a_damaged_export_is_refused_in_one_line(tmp_path):
+    import shutil
+
+    images, _ = _data()
+    params = autoencoder.init_state(CONFIG).params
+    for damage, message in (
+        (lambda d: (d / autoencoder.EXPORT_CONFIG).write_text("{not json"), "is damaged"),
+        (lambda d: shutil.rmtree(d / autoencoder.EXPORT_PARAMS), "cannot read the VAE's parameters"),
+        (
+            lambda d: (d / autoencoder.EXPORT_CONFIG).write_text(
+                (d / autoencoder.EXPORT_CONFIG)
+                .read_text()
+                .replace('"latent_channels": 4', '"latent_channels": 8')
+            ),
+            "do not have the layout",
+        ),
+    ):
+        directory = tmp_path / f"vae{len(list(tmp_path.iterdir()))}"
+        autoencoder.export_vae(directory, CONFIG, params, images, steps=0)
+        damage(directory)
+        with pytest.raises(MagicFaceError, match=message):
+            autoencoder.load_vae(directory)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(MagicFaceError, match="multiple"):
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=17)

@@ -36,7 +36,7 @@ from magicface_jax.atomic import atomic_directory
 from magicface_jax.config import VAEConfig
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.images import to_model_input
-from magicface_jax.models.magicface import init_vae, unbox
+from magicface_jax.models.magicface import abstract_vae, init_vae, unbox
 from magicface_jax.models.vae import AutoencoderKL, sample_posterior
 
 STATE_DIR = "state"
@@ -270,7 +270,21 @@ def load_vae(directory: str | Path) -> ExportedVAE:
     directory = Path(directory)
     if not is_vae_export(directory):
         raise MagicFaceError(f"{directory} holds no exported VAE ({EXPORT_CONFIG} is missing)")
-    meta = json.loads((directory / EXPORT_CONFIG).read_text())
-    vae_config = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()})
-    params = ocp.PyTreeCheckpointer().restore((directory / EXPORT_PARAMS).absolute())
-    return ExportedVAE(vae_config, params, int(meta["steps"]))
+    try:
+        meta = json.loads((directory / EXPORT_CONFIG).read_text())
+        vae = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()}
+        vae_config, steps = VAEConfig(**vae), int(meta["steps"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise MagicFaceError(
+            f"{directory / EXPORT_CONFIG} is damaged ({type(err).__name__}: {err}); export the VAE again"
+        ) from None
+    try:
+        params = ocp.PyTreeCheckpointer().restore((directory / EXPORT_PARAMS).absolute())
+    except Exception as err:  # orbax raises assorted errors for damaged or missing files
+        raise MagicFaceError(
+            f"cannot read the VAE's parameters in {directory / EXPORT_PARAMS} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); export the VAE again"
+        ) from None
+    if jax.tree.map(np.shape, params) != jax.tree.map(lambda x: x.shape, unbox(abstract_vae(vae_config))):
+        raise MagicFaceError(f"the parameters in {directory} do not have the layout of its {EXPORT_CONFIG}")
+    return ExportedVAE(vae_config, params, steps)
