@@ -2,7 +2,7 @@
 baseline), Table IV (AU dropout and the guidance scale), Table II (the identity encoder) and the fewest
 sampling steps at equal quality, all on `synthetic_faces` at 64², on a CPU.
 
-    python benchmarks/synthetic_replication.py --out runs/replication            # everything, resumable
+    python benchmarks/synthetic_replication.py --out runs/replication            # all but demo, resumable
     python benchmarks/synthetic_replication.py --out runs/replication --stages data,vae,latents
     python benchmarks/synthetic_replication.py --out runs/replication --stages report
 
@@ -16,7 +16,8 @@ done and resumes what is not (the VAE and MagicFace trainings resume from their 
                 the three models, each `train.py --config configs/synthetic_64.yaml` with its overrides
     evaluations every (model, sampler, steps, guidance) of the tables, on the 200 test pairs
     report      OUT/report.md, OUT/au_mse_vs_guidance.png, OUT/steps.png, OUT/edits.png
-    demo        the package's demo assets from the MagicFace model (magicface_jax.demo.write_demo_assets)
+    demo        the package's demo assets from the MagicFace model (magicface_jax.demo.write_demo_assets);
+                run only when named, since it replaces the shipped demo model
 
 The metrics are the paper's four (docs/evaluation.md), read by the synthetic estimator shipped with the
 package (its held-out errors are printed beside every table). Whether two settings differ is judged by a
@@ -42,7 +43,6 @@ from benchmarks import synthetic_vae
 from magicface_jax import cli
 from magicface_jax.assets import SYNTHETIC_ESTIMATOR
 from magicface_jax.atomic import atomic_file
-from magicface_jax.config import VAEConfig
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.evaluation.runner import Setting
 from magicface_jax.training import autoencoder
@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "synthetic_64.yaml"
 TRAIN_PAIRS, TEST_PAIRS = 4000, 200
 VAE = autoencoder.AutoencoderTrainConfig(
-    vae=VAEConfig(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8, sample_size=64),
+    vae=autoencoder.SYNTHETIC_VAE,
     resolution=64,
     steps=3000,
     batch_size=16,
@@ -80,6 +80,7 @@ EVALUATIONS = (
     *(("magicface", s) for s in STEPS_STUDY),
 )
 STAGES = ("data", "vae", "latents", *MODELS, "evaluations", "report", "demo")
+ALL_STAGES = STAGES[:-1]
 METRICS = ("au_mse", "id_l2", "background_rmse", "pose_rmse_degrees")
 HEADER = "| | AU MSE ↓ | ID L2 ↓ | background RMSE ↓ | head-pose RMSE (°) ↓ |\n|---|---|---|---|---|"
 
@@ -105,6 +106,9 @@ class Paths:
 
     def evaluation(self, model: str, setting: Setting) -> Path:
         return self.out / "evaluations" / f"{model}_{setting.name}.json"
+
+    def baseline(self, name: str) -> Path:
+        return self.out / "evaluations" / f"{name}.json"
 
 
 def dataset_name() -> str:
@@ -209,12 +213,19 @@ def stage_evaluations(paths: Paths, args) -> None:
     estimators, _ = runner.estimators_for(runner.SYNTHETIC, SYNTHETIC_ESTIMATOR)
     pairs = runner.load_pairs(dataset_name(), "test", paths.data, args.pairs)
     for name, images in BASELINES.items():
-        target = paths.out / "evaluations" / f"{name}.json"
-        if not target.exists():
+        target = paths.baseline(name)
+        if not _current(target, len(pairs)):
             found = runner.estimate(
                 pairs, images(paths, pairs), [f"{n}_{name}" for n in pairs.names], estimators
             )
-            _write_json(target, {"metrics": runner.metrics_of(pairs, found), "estimates": found.to_json()})
+            _write_json(
+                target,
+                {
+                    "pairs": len(pairs),
+                    "metrics": runner.metrics_of(pairs, found),
+                    "estimates": found.to_json(),
+                },
+            )
     pipes = {}
     for model, setting in EVALUATIONS:
         target = paths.evaluation(model, setting)
@@ -223,8 +234,8 @@ def stage_evaluations(paths: Paths, args) -> None:
         if steps < 0:
             print(f"evaluations: {model} is not trained yet; skipping {setting.name}")
             continue
-        if target.exists() and json.loads(target.read_text())["trained_steps"] == steps:
-            continue  # done, for the model as it is now
+        if _current(target, len(pairs), trained_steps=steps):
+            continue  # done, for the model as it is now and these pairs
         if model not in pipes:
             pipes[model] = MagicFacePipeline.from_pretrained(export)
         start = time.perf_counter()
@@ -238,6 +249,7 @@ def stage_evaluations(paths: Paths, args) -> None:
                 "model": model,
                 "setting": dataclasses.asdict(setting),
                 "trained_steps": steps,
+                "pairs": len(pairs),
                 "metrics": metrics,
                 "seconds": seconds,
                 "estimates": found.to_json(),
@@ -245,6 +257,15 @@ def stage_evaluations(paths: Paths, args) -> None:
         )
         print(f"{model} {setting.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     print(f"evaluations: the estimator's own held-out errors: {estimators.aus.held_out()}")
+
+
+def _current(path: Path, pairs: int, **expected) -> bool:
+    """An evaluation written for `pairs` test pairs (and the `expected` values, such as the model's
+    trained steps): a rerun with other pairs or a model trained further evaluates again."""
+    if not path.exists():
+        return False
+    found = json.loads(path.read_text())
+    return found.get("pairs") == pairs and all(found.get(k) == v for k, v in expected.items())
 
 
 def _vae_round_trip(paths: Paths, pairs) -> np.ndarray:
@@ -320,6 +341,22 @@ def _cells(metrics: dict, noise: dict | None = None) -> str:
     return " | ".join(cells)
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(plt, figure, path: Path) -> None:
+    figure.tight_layout()
+    with atomic_file(path, overwrite=True) as partial:  # the report's own, replaced
+        figure.savefig(partial, format="png", dpi=120)
+    plt.close(figure)
+
+
 class Report:
     """The tables, plots and edits grid from the evaluations found under OUT."""
 
@@ -329,7 +366,7 @@ class Report:
         self.paths, self.runner = paths, runner
         self.pairs = runner.load_pairs(dataset_name(), "test", paths.data, num_pairs)
         self.baselines = {
-            name: runner.Estimates.from_json(json.loads(self._baseline_path(name).read_text())["estimates"])
+            name: runner.Estimates.from_json(json.loads(paths.baseline(name).read_text())["estimates"])
             for name in BASELINES
         }
         self.baseline = self.baselines["no_edit"]
@@ -343,24 +380,18 @@ class Report:
         found = self.estimates(model, setting)
         if found is None:
             return f"| {label} | not evaluated yet | | | |"
+        return self._measured_row(label, found)
+
+    def _measured_row(self, label: str, found) -> str:
         metrics = self.runner.metrics_of(self.pairs, found)
         return f"| {label} | {_cells(metrics, self.runner.bootstrap_noise(self.pairs, found))} |"
-
-    def _baseline_path(self, name: str) -> Path:
-        return self.paths.out / "evaluations" / f"{name}.json"
 
     def baseline_rows(self) -> list[str]:
         labels = {
             "no_edit": "no edit (source returned)",
             "vae_round_trip": "no edit, through the VAE and back",
         }
-        rows = []
-        for name, found in self.baselines.items():
-            metrics = self.runner.metrics_of(self.pairs, found)
-            rows.append(
-                f"| {labels[name]} | {_cells(metrics, self.runner.bootstrap_noise(self.pairs, found))} |"
-            )
-        return rows
+        return [self._measured_row(labels[name], found) for name, found in self.baselines.items()]
 
     def au_use_row(self, model: str) -> str:
         if _trained_steps(self.paths.model(model) / "export") < 0:
@@ -379,13 +410,13 @@ class Report:
             "|---|---|---|---|---|---|",
         ]
         within = []
+        theirs = None if reference is None else self.runner.metrics_of(self.pairs, reference)
         for setting in (REFERENCE, *STEPS_STUDY):
             found = self.estimates("magicface", setting)
             if found is None or reference is None:
                 lines.append(f"| {setting.sampler} {setting.steps} | not evaluated yet | | | | |")
                 continue
             mine = self.runner.metrics_of(self.pairs, found)
-            theirs = self.runner.metrics_of(self.pairs, reference)
             noise = self.runner.bootstrap_noise(self.pairs, found, reference)
             delta = {k: mine[k] - theirs[k] for k in METRICS}
             ok = all(delta[k] <= 2 * noise[k] for k in METRICS)  # no metric worse beyond the noise
@@ -396,11 +427,7 @@ class Report:
         return lines, within
 
     def guidance_plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = _pyplot()
         xs, ys, errors = [], [], []
         for g in GUIDANCES:
             found = self.estimates("magicface", Setting("unipc", 50, g))
@@ -423,17 +450,10 @@ class Report:
         )
         axis.set(xlabel="AU guidance scale", ylabel="AU MSE", title="UniPC, 50 steps, 64² synthetic faces")
         axis.legend(fontsize=8)
-        figure.tight_layout()
-        with atomic_file(path, overwrite=True) as partial:  # the report's own, replaced
-            figure.savefig(partial, format="png", dpi=120)
-        plt.close(figure)
+        _save_figure(plt, figure, path)
 
     def steps_plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = _pyplot()
         figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
         for sampler in ("unipc", "ddim", "dpm++"):
             points = []
@@ -447,10 +467,7 @@ class Report:
         for axis, metric in zip(axes, ("AU MSE", "ID L2"), strict=True):
             axis.set(xlabel="sampling steps", ylabel=metric, title=f"{metric}, guidance 3")
             axis.legend(fontsize=8)
-        figure.tight_layout()
-        with atomic_file(path, overwrite=True) as partial:  # the report's own, replaced
-            figure.savefig(partial, format="png", dpi=120)
-        plt.close(figure)
+        _save_figure(plt, figure, path)
 
     def edits_grid(self, path: Path, count: int = 6) -> None:
         """For `count` test pairs: the source, its condition, then each trained model's edit (reference
@@ -556,7 +573,11 @@ STAGE_FUNCTIONS = {
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="the replication's folder (created; reruns resume)")
-    parser.add_argument("--stages", default="all", help=f"comma-separated, from {', '.join(STAGES)}; or all")
+    parser.add_argument(
+        "--stages",
+        default="all",
+        help=f"comma-separated, from {', '.join(STAGES)}; or all (every one but demo)",
+    )
     parser.add_argument("--pairs", type=int, default=TEST_PAIRS, help="test pairs evaluated")
     parser.add_argument("--batch-size", type=int, default=8, help="edits per sampling call")
     parser.add_argument("--demo-note", default="", help="demo stage: what users should know about the model")
@@ -568,13 +589,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
-    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
+    # "all" leaves out `demo`, which replaces the package's shipped demo model: only when named.
+    stages = ALL_STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise MagicFaceError(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}, or all")
     if not 1 <= args.pairs <= TEST_PAIRS:
         raise MagicFaceError(f"--pairs must be in [1, {TEST_PAIRS}], got {args.pairs}")
+    if args.batch_size < 1:
+        raise MagicFaceError(f"--batch-size must be at least 1, got {args.batch_size}")
     paths = Paths(Path(args.out).expanduser())
+    if paths.out.exists() and not paths.out.is_dir():
+        raise MagicFaceError(f"--out {args.out} is a file; give a folder (it is created)")
     for stage in STAGES:
         if stage not in stages:
             continue

@@ -59,7 +59,9 @@ def describe(model_dir: Path = DEMO_MODEL) -> str:
     )
 
 
-def render_demo_faces(directory: Path, count: int = FACE_COUNT, seed: int = FACES_SEED, size: int = 64):
+def render_demo_faces(
+    directory: Path, count: int = FACE_COUNT, seed: int = FACES_SEED, size: int = DEMO_SIZE
+) -> None:
     """`count` neutral portraits (face_K.png) with their background conditions (face_K_bg.png)."""
     from magicface_jax.data import face_params
     from magicface_jax.data.backgrounds import render_scene

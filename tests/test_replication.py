@@ -14,6 +14,7 @@ from magicface_jax.cli import run
         (["--stages", "data,tables"], "unknown stage 'tables'"),
         (["--pairs", "0"], "--pairs must be in [1, 200]"),
         (["--pairs", "201"], "--pairs must be in [1, 200]"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
     ],
 )
 def test_bad_arguments(capsys, tmp_path, argv, message):
@@ -21,6 +22,18 @@ def test_bad_arguments(capsys, tmp_path, argv, message):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_and_kept(capsys, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    assert run(replication.main, ["--out", str(out), "--stages", "report"]) == 2
+    assert "is a file" in capsys.readouterr().err and out.read_text() == "mine"
+
+
+def test_all_stages_leave_the_shipped_demo_model_alone():
+    assert "demo" in replication.STAGES and "demo" not in replication.ALL_STAGES
+    assert set(replication.ALL_STAGES) == set(replication.STAGES) - {"demo"}
 
 
 def test_the_three_models_differ_only_where_the_tables_say(tmp_path):
