@@ -89,10 +89,16 @@ def ensure_devices(count: int, what: str) -> None:
         )
 
 
+def fast_compile_flags() -> list[str]:
+    """The test-only fast-compile flags in XLA_FLAGS: they make slower code (and faster compiles) but leave
+    the HLO passes, hence XLA's buffer assignment and cost analysis, as they are."""
+    return [f for f in _SLOW_CODE_FLAGS if f in os.environ.get("XLA_FLAGS", "")]
+
+
 def check_xla_flags() -> str:
     """The XLA_FLAGS in effect; exits if they would make the figures meaningless."""
     flags = os.environ.get("XLA_FLAGS", "")
-    bad = [f for f in _SLOW_CODE_FLAGS if f in flags]
+    bad = fast_compile_flags()
     if bad:
         raise MagicFaceError(f"XLA_FLAGS contains {' '.join(bad)} (test-only fast-compile flags): unset them")
     return flags

@@ -9,7 +9,9 @@ sampling steps at equal quality, all on `synthetic_faces` at 64², on a CPU.
 Stages, in order; each writes its result under OUT, and a rerun (also in a later session) skips what is
 done and resumes what is not (the VAE and MagicFace trainings resume from their checkpoints):
 
-    data        synthetic_faces 64², 4000 train pairs (1000 persons), 200 test pairs (50 other persons)
+    data        synthetic_faces 64² with faces drawn 1.4 × the default size, 4000 train pairs (1000
+                persons), 200 test pairs (50 other persons)
+    estimator   the synthetic estimator of that world (evaluation.train_estimator): OUT/estimator
     vae         the frozen VAE (training.autoencoder, docs/evaluation.md): OUT/vae/export, its report
     latents     the latent cache of both splits under that VAE (train.py --cache-latents)
     magicface, no_au_dropout, no_identity_encoder
@@ -19,8 +21,8 @@ done and resumes what is not (the VAE and MagicFace trainings resume from their 
     demo        the package's demo assets from the MagicFace model (magicface_jax.demo.write_demo_assets);
                 run only when named, since it replaces the shipped demo model
 
-The metrics are the paper's four (docs/evaluation.md), read by the synthetic estimator shipped with the
-package (its held-out errors are printed beside every table). Whether two settings differ is judged by a
+The metrics are the paper's four (docs/evaluation.md), read by the estimator stage's synthetic estimator
+(its held-out errors are printed beside every table). Whether two settings differ is judged by a
 paired bootstrap over the test pairs (`runner.bootstrap_noise`): a setting of the steps study is of equal
 quality when none of its metrics (all errors) is worse than UniPC at 50 steps by more than two standard
 errors of the difference.
@@ -41,7 +43,6 @@ import numpy as np
 
 from benchmarks import synthetic_vae
 from magicface_jax import cli
-from magicface_jax.assets import SYNTHETIC_ESTIMATOR
 from magicface_jax.atomic import atomic_file
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.evaluation.runner import Setting
@@ -50,10 +51,14 @@ from magicface_jax.training import autoencoder
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "synthetic_64.yaml"
 TRAIN_PAIRS, TEST_PAIRS = 4000, 200
+# Faces 1.4 × the default size (about 0.64 of the image wide): at the default the mouth is about 10 pixels
+# wide and a smile moves it by about 2/255 on average, less than a small VAE's error (docs/evaluation.md).
+FACE_SCALE = 1.4
+ESTIMATOR = ("--train-pairs", "800", "--test-pairs", "100", "--steps", "1500")  # train_estimator arguments
 VAE = autoencoder.AutoencoderTrainConfig(
     vae=autoencoder.SYNTHETIC_VAE,
     resolution=64,
-    steps=3000,
+    steps=2000,
     batch_size=16,
     learning_rate=2e-3,
     face_weight=2.0,
@@ -79,7 +84,7 @@ EVALUATIONS = (
     ("no_identity_encoder", REFERENCE),
     *(("magicface", s) for s in STEPS_STUDY),
 )
-STAGES = ("data", "vae", "latents", *MODELS, "evaluations", "report", "demo")
+STAGES = ("data", "estimator", "vae", "latents", *MODELS, "evaluations", "report", "demo")
 ALL_STAGES = STAGES[:-1]
 METRICS = ("au_mse", "id_l2", "background_rmse", "pose_rmse_degrees")
 HEADER = "| | AU MSE ↓ | ID L2 ↓ | background RMSE ↓ | head-pose RMSE (°) ↓ |\n|---|---|---|---|---|"
@@ -92,6 +97,10 @@ class Paths:
     @property
     def data(self) -> Path:
         return self.out / "data"
+
+    @property
+    def estimator(self) -> Path:
+        return self.out / "estimator"
 
     @property
     def vae(self) -> Path:
@@ -114,7 +123,9 @@ class Paths:
 def dataset_name() -> str:
     from magicface_jax.data.synthetic_faces import SyntheticFacesSpec
 
-    spec = SyntheticFacesSpec(resolution=64, train_pairs=TRAIN_PAIRS, test_pairs=TEST_PAIRS, seed=0)
+    spec = SyntheticFacesSpec(
+        resolution=64, train_pairs=TRAIN_PAIRS, test_pairs=TEST_PAIRS, seed=0, face_scale=FACE_SCALE
+    )
     return f"synthetic_faces/{spec.name}"
 
 
@@ -157,9 +168,23 @@ def stage_data(paths: Paths, args) -> None:
             str(TRAIN_PAIRS),
             "--num-test-pairs",
             str(TEST_PAIRS),
+            "--face-scale",
+            str(FACE_SCALE),
+            "--workers",
+            "2",
             "--data-dir",
             str(paths.data),
         ]
+    )
+
+
+def stage_estimator(paths: Paths, args) -> None:
+    from magicface_jax.evaluation import synthetic, train_estimator
+
+    if _done(paths.estimator / synthetic.CONFIG_FILE, "estimator"):
+        return
+    train_estimator.main(
+        ["--resolution", "64", "--face-scale", str(FACE_SCALE), *ESTIMATOR, "--out", str(paths.estimator)]
     )
 
 
@@ -170,9 +195,9 @@ def _exported_steps(directory: Path) -> int:
 def stage_vae(paths: Paths, args) -> None:
     if _exported_steps(paths.vae / "export") < VAE.steps:
         print("vae: training")
-        synthetic_vae.train_and_export(VAE, paths.vae, VAE_PAIRS)
+        synthetic_vae.train_and_export(VAE, paths.vae, VAE_PAIRS, face_scale=FACE_SCALE)
     if not _done(paths.vae / "result.json", "vae report"):
-        synthetic_vae.measure(paths.vae / "export", paths.vae, test_pairs=16, probe_people=8)
+        synthetic_vae.measure(paths.vae / "export", paths.vae, 16, 8, face_scale=FACE_SCALE)
     result = json.loads((paths.vae / "result.json").read_text())
     kept = ", ".join(f"{au} {r['kept']:.2f}" for au, r in result["au_change_vs_vae_error_255"].items())
     print(f"vae: face-box RMSE {result['face_box_rmse_01']:.4f}; AU change kept: {kept}")
@@ -210,7 +235,7 @@ def stage_evaluations(paths: Paths, args) -> None:
     from magicface_jax.evaluation import runner
     from magicface_jax.pipeline import MagicFacePipeline
 
-    estimators, _ = runner.estimators_for(runner.SYNTHETIC, SYNTHETIC_ESTIMATOR)
+    estimators, _ = runner.estimators_for(runner.SYNTHETIC, paths.estimator)
     pairs = runner.load_pairs(dataset_name(), "test", paths.data, args.pairs)
     for name, images in BASELINES.items():
         target = paths.baseline(name)
@@ -370,7 +395,7 @@ class Report:
             for name in BASELINES
         }
         self.baseline = self.baselines["no_edit"]
-        self.estimators, _ = runner.estimators_for(runner.SYNTHETIC, SYNTHETIC_ESTIMATOR)
+        self.estimators, _ = runner.estimators_for(runner.SYNTHETIC, paths.estimator)
 
     def estimates(self, model: str, setting: Setting):
         found = _evaluation(self.paths, model, setting)
@@ -562,6 +587,7 @@ def stage_demo(paths: Paths, args) -> None:
 
 STAGE_FUNCTIONS = {
     "data": stage_data,
+    "estimator": stage_estimator,
     "vae": stage_vae,
     "latents": stage_latents,
     "evaluations": stage_evaluations,

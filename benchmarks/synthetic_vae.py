@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--face-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--face-scale", type=float, default=1.0, help="synthetic_faces' face size in the image"
+    )
     parser.add_argument("--pairs", type=int, default=1000, help="train pairs rendered (two images each)")
     parser.add_argument("--test-pairs", type=int, default=64)
     parser.add_argument("--probe-people", type=int, default=16)
@@ -72,12 +75,21 @@ def _config(args) -> autoencoder.AutoencoderTrainConfig:
     )
 
 
+def world(resolution: int, face_scale: float) -> SyntheticFacesSpec:
+    """The synthetic_faces spec whose images a VAE of the study trains and is measured on."""
+    return SyntheticFacesSpec(resolution=resolution, seed=0, face_scale=face_scale)
+
+
 def train_and_export(
-    config: autoencoder.AutoencoderTrainConfig, out: Path, pairs: int, time_limit: float | None = None
+    config: autoencoder.AutoencoderTrainConfig,
+    out: Path,
+    pairs: int,
+    time_limit: float | None = None,
+    face_scale: float = 1.0,
 ) -> float:
     """Trains (or resumes) the VAE on both images of `pairs` train pairs under OUT/state and exports it to
     OUT/export; returns the seconds of training in this call."""
-    spec = SyntheticFacesSpec(resolution=config.resolution, seed=0)
+    spec = world(config.resolution, face_scale)
     start = time.perf_counter()
     pool = autoencoder.synthetic_images(spec, "train", pairs)
     print(f"rendered {len(pool[0])} training images in {time.perf_counter() - start:.0f} s")
@@ -90,14 +102,14 @@ def train_and_export(
     return seconds
 
 
-def measure(export: Path, out: Path, test_pairs: int, probe_people: int) -> dict:
+def measure(export: Path, out: Path, test_pairs: int, probe_people: int, face_scale: float = 1.0) -> dict:
     """The exported VAE on `test_pairs` held-out pairs and the AU probes: the result (also written to
     OUT/result.json) and OUT/reconstruction.png."""
     from magicface_jax.data.synthetic_faces import synthetic_example
 
     vae_config, params, vae_steps = autoencoder.load_vae(export)
     resolution = vae_config.sample_size
-    spec = SyntheticFacesSpec(resolution=resolution, seed=0)
+    spec = world(resolution, face_scale)
 
     def reconstruct(images):
         return autoencoder.reconstruct(vae_config, params, images)
@@ -113,7 +125,9 @@ def measure(export: Path, out: Path, test_pairs: int, probe_people: int) -> dict
     recons = reconstruct(test)
     errors = {part: vae_study.part_error(test, recons, landmarks, part) for part in ("face", *PICTURE_PARTS)}
     aus = {
-        au: vae_study.au_survival(vae_study.au_probe(au, resolution, probe_people), reconstruct)
+        au: vae_study.au_survival(
+            vae_study.au_probe(au, resolution, probe_people, face_scale=face_scale), reconstruct
+        )
         for au in PROBED_AUS
     }
     result = {
@@ -163,8 +177,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     seconds = 0.0
     if not args.measure_only:
-        seconds = train_and_export(_config(args), out, args.pairs, args.time_limit)
-    result = measure(out / "export", out, args.test_pairs, args.probe_people)
+        seconds = train_and_export(_config(args), out, args.pairs, args.time_limit, args.face_scale)
+    result = measure(out / "export", out, args.test_pairs, args.probe_people, args.face_scale)
     result |= {
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "train_seconds_this_run": seconds,

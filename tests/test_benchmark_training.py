@@ -70,3 +70,21 @@ def test_the_activation_model_fits_batch_and_width_and_predicts_the_largest_batc
     assert training.largest_batch(5 * gib, model, 320, 95.0) == 7  # (95 - 5 - 6) / 12
     assert training.largest_batch(90 * gib, model, 320, 95.0) == 0
     assert training.activation_model(points[:1] + points[2:]) is None  # one batch size per width
+
+
+def test_fast_compile_flags_are_refused_where_steps_are_timed_and_stated_where_only_compiled(
+    monkeypatch, capsys
+):
+    import jax
+
+    jax.devices()  # 8 devices, as the sd15 part needs
+    flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    assert run(training.main, ["--part", "cpu", "--configs", "tiny"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "fast-compile flags" in lines[0]
+    monkeypatch.setattr(training, "run_sd15", lambda args: {"compiles": []})
+    monkeypatch.setattr(training, "sd15_tables", lambda report: "the tables")
+    assert run(training.main, ["--part", "sd15"]) == 0
+    out = capsys.readouterr().out
+    assert "the memory and FLOP figures do not depend on them, the compile times do" in out

@@ -164,11 +164,34 @@ def test_resolutions_and_bad_specs():
     for size in (64, 512):
         example = synthetic_example(SyntheticFacesSpec(resolution=size), "test", 0)
         assert decode_png(example["background"]).shape == (size, size, 3)
-    for bad in ({"resolution": 100}, {"train_pairs": 0}, {"pairs_per_identity": 0}, {"au_active": 0}):
+    bad_specs = (
+        {"resolution": 100},
+        {"train_pairs": 0},
+        {"pairs_per_identity": 0},
+        {"au_active": 0},
+        {"face_scale": 0.4},
+        {"face_scale": 1.7},
+    )
+    for bad in bad_specs:
         with pytest.raises(MagicFaceError):
             SyntheticFacesSpec(**bad)
     assert SyntheticFacesSpec(resolution=64).name == "64px"
     assert SyntheticFacesSpec(resolution=64, train_pairs=8).name == "64px_8x200_p4_a0.4_s0"
+
+
+def test_a_larger_face_scale_draws_the_same_pair_larger():
+    default = synthetic_example(SyntheticFacesSpec(resolution=64, seed=3), "train", 2)
+    spec = SyntheticFacesSpec(resolution=64, seed=3, face_scale=1.4)
+    assert spec.name == "64px_2000x200_p4_a0.4_s3_f1.4"
+    larger = synthetic_example(spec, "train", 2)
+    for side in ("identity", "target"):
+        ratio = larger["factors"][f"{side}_pose"]["scale"] / default["factors"][f"{side}_pose"]["scale"]
+        assert ratio == pytest.approx(1.4)
+        area = (
+            decode_mask(larger[f"{side}_face_mask"]).sum() / decode_mask(default[f"{side}_face_mask"]).sum()
+        )
+        assert 1.6 < area < 2.3  # about 1.4²; the face may be cut by the image's edge
+    np.testing.assert_array_equal(larger["target_aus"], default["target_aus"])  # only the size changes
 
 
 def test_registered_and_custom_specs_both_make_builders(tmp_path):

@@ -58,6 +58,19 @@ def test_labelled_images_carry_both_images_truth():
     assert data.person[0] == data.person[1]
 
 
+def test_the_estimators_crop_holds_the_faces_of_its_world():
+    """Every landmark (brows to chin, where the AUs act) in the image of a world's faces lies in its crop
+    (at 1.4 a chin can leave the image)."""
+    assert synthetic.face_crop(1.0) == synthetic.RegressorConfig().crop
+    for scale in (1.0, 1.4):
+        left, top, right, bottom = (64 * f for f in synthetic.face_crop(scale))
+        records = synthetic.rendered_records(SyntheticFacesSpec(resolution=64, face_scale=scale), "train", 8)
+        points = np.concatenate([r[k] for r in records for k in ("identity_landmarks", "target_landmarks")])
+        points = points[((points >= 0) & (points < 64)).all(1)]
+        assert (left <= points[:, 0]).all() and (points[:, 0] < right).all()
+        assert (top <= points[:, 1]).all() and (points[:, 1] < bottom).all()
+
+
 def test_au_probe_changes_only_its_part_and_a_perfect_vae_keeps_it_all():
     probe = vae_study.au_probe("AU12", 64, 2)
     change = np.abs(probe.high.astype(int) - probe.low).sum(-1)

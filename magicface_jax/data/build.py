@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="targets keep the identity image's pose and scene (default: both differ, as in the paper)",
     )
+    synthetic.add_argument(
+        "--face-scale",
+        type=float,
+        default=1.0,
+        help="the face's size in the image (1: about 0.46 of its width)",
+    )
 
     pairs = kinds.add_parser(
         "magicface_pairs", help="pairs of one person's images from a folder with AU labels"
@@ -78,6 +84,7 @@ def _builder(args: argparse.Namespace):
             pairs_per_identity=args.pairs_per_identity,
             seed=args.seed,
             same_pose_and_scene=args.same_pose_and_scene,
+            face_scale=args.face_scale,
         )
         return SyntheticFaces(config=builder_config(spec), data_dir=args.data_dir, workers=args.workers)
     config = pairing.PairingConfig(

@@ -26,6 +26,7 @@ from magicface_jax.faces.jaw_dots import add_layer, jaw_dot_layer
 RESOLUTIONS = (64, 128, 512)
 SPLITS = ("train", "test")
 MIN_VARIATION = 1.0  # the largest |target − identity| of a pair is at least this
+FACE_SCALES = (0.5, 1.6)  # beyond 1.6 the face leaves the image
 IDENTITY_BACKGROUND = "identity_background"  # the identity image's own background condition
 
 
@@ -40,6 +41,9 @@ class SyntheticFacesSpec:
     au_active: float = 0.4  # probability that an AU is active in an image
     seed: int = 0
     same_pose_and_scene: bool = False  # True: the target keeps the identity image's pose and scene
+    # The face's size in the image: 1 draws it about 0.46 of the image wide; larger faces give the brows,
+    # lids and lips (where the AUs act) more pixels, at the cost of less visible scene.
+    face_scale: float = 1.0
 
     def __post_init__(self):
         if self.resolution not in RESOLUTIONS:
@@ -53,6 +57,10 @@ class SyntheticFacesSpec:
             raise MagicFaceError(f"pairs per identity must be at least 1, got {self.pairs_per_identity}")
         if not 0 < self.au_active <= 1:
             raise MagicFaceError(f"the AU activation probability must be in (0, 1], got {self.au_active}")
+        if not FACE_SCALES[0] <= self.face_scale <= FACE_SCALES[1]:
+            raise MagicFaceError(
+                f"the face scale must be in [{FACE_SCALES[0]}, {FACE_SCALES[1]}], got {self.face_scale}"
+            )
         if not 0 <= self.seed < 2**32:
             raise MagicFaceError(f"the seed must be in [0, 2**32), got {self.seed}")
 
@@ -64,6 +72,7 @@ class SyntheticFacesSpec:
         return (
             f"{self.resolution}px_{self.train_pairs}x{self.test_pairs}_p{self.pairs_per_identity}"
             f"_a{self.au_active:g}_s{self.seed}{'_same' if self.same_pose_and_scene else ''}"
+            f"{f'_f{self.face_scale:g}' if self.face_scale != 1 else ''}"
         )
 
 
@@ -117,12 +126,13 @@ def synthetic_example(spec: SyntheticFacesSpec, split: str, index: int) -> dict:
     person = index // spec.pairs_per_identity
     identity = face_params.sample_identity(np.random.default_rng([spec.seed, split_code, person]))
     rng = np.random.default_rng([spec.seed, split_code, person, index])
-    source_pose, source_scene = face_params.sample_pose(rng), face_params.sample_scene(rng)
+    source_pose, source_scene = face_params.sample_pose(rng, spec.face_scale), face_params.sample_scene(rng)
     identity_aus, target_aus = _sample_pair_aus(rng, spec.au_active)
     if spec.same_pose_and_scene:
         target_pose, target_scene = source_pose, source_scene
     else:
-        target_pose, target_scene = face_params.sample_pose(rng), face_params.sample_scene(rng)
+        target_pose = face_params.sample_pose(rng, spec.face_scale)
+        target_scene = face_params.sample_scene(rng)
     source = render_face(identity, source_pose, identity_aus, render_scene(source_scene, spec.resolution))
     target = render_face(identity, target_pose, target_aus, render_scene(target_scene, spec.resolution))
     return {

@@ -50,12 +50,19 @@ POSE_FIELDS = ("yaw", "rotation")  # rotation is the in-plane roll
 GROUPS = ("aus", "identity", "pose")
 
 
+def face_crop(face_scale: float) -> tuple[float, float, float, float]:
+    """The crop that holds every face of a `synthetic_faces` world drawn at `face_scale`, in the image."""
+    centre_x, centre_y, half = 0.5, 0.57, 0.35 * face_scale
+    box = (centre_x - half, centre_y - half, centre_x + half, centre_y + half)
+    return tuple(round(min(1.0, max(0.0, v)), 4) for v in box)
+
+
 @dataclasses.dataclass(frozen=True)
 class RegressorConfig:
     # The network sees the box `crop` (left, top, right, bottom as fractions of the image) resized to
     # `input_size`²: every synthetic face lies inside it whatever its pose, and the face then fills most of
     # the input, so the small brow, lid and lip changes of the AUs span more pixels.
-    crop: tuple[float, float, float, float] = (0.15, 0.22, 0.85, 0.92)
+    crop: tuple[float, float, float, float] = face_crop(1.0)
     input_size: int = 64
     widths: tuple[int, ...] = (16, 32, 64, 128)  # one stride-2 convolution (and one plain one) per width
     hidden: int = 128

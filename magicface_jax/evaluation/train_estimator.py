@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-pairs", type=int, default=100)
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument(
+        "--face-scale", type=float, default=1.0, help="the synthetic_faces world's face size in the image"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the synthetic_faces seed and the training seed")
     parser.add_argument("--out", required=True, help="new directory for the estimator")
     parser.add_argument("--overwrite", action="store_true")
@@ -39,13 +42,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     check_output(args.out, overwrite=args.overwrite, folder=True)
-    spec = SyntheticFacesSpec(resolution=args.resolution, seed=args.seed)
+    spec = SyntheticFacesSpec(resolution=args.resolution, seed=args.seed, face_scale=args.face_scale)
     start = time.perf_counter()
     train = synthetic.labelled_images(synthetic.rendered_records(spec, "train", args.train_pairs))
     test = synthetic.labelled_images(synthetic.rendered_records(spec, "test", args.test_pairs))
     seconds = time.perf_counter() - start
     print(f"rendered {len(train.images)} train and {len(test.images)} test images in {seconds:.0f} s")
-    config = synthetic.RegressorConfig(input_size=args.input_size, seed=args.seed)
+    config = synthetic.RegressorConfig(
+        crop=synthetic.face_crop(args.face_scale), input_size=args.input_size, seed=args.seed
+    )
     estimator = synthetic.train_estimator(config, train, test, args.steps)
     estimator.save(args.out, overwrite=args.overwrite)
     print(json.dumps(estimator.held_out(), indent=2))

@@ -31,14 +31,23 @@ class AUProbe:
     landmarks: np.ndarray  # (N, 68, 2) at the high intensity
 
 
-def au_probe(au: str, size: int, people: int, low: float = 0.0, high: float = 4.0, seed: int = 0) -> AUProbe:
-    """`people` random persons (neutral apart from `au`), poses and scenes, seeded."""
+def au_probe(
+    au: str,
+    size: int,
+    people: int,
+    low: float = 0.0,
+    high: float = 4.0,
+    seed: int = 0,
+    face_scale: float = 1.0,
+) -> AUProbe:
+    """`people` random persons (neutral apart from `au`), poses and scenes, seeded; faces drawn at
+    `face_scale` as in `SyntheticFacesSpec`."""
     lows, highs, points = [], [], []
     for k in range(people):
         rng = np.random.default_rng([seed, 7919, k])
         identity, pose, scene = (
             face_params.sample_identity(rng),
-            face_params.sample_pose(rng),
+            face_params.sample_pose(rng, face_scale),
             face_params.sample_scene(rng),
         )
         backdrop = render_scene(scene, size)
