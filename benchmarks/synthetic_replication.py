@@ -581,7 +581,9 @@ def stage_report(paths: Paths, args) -> None:
 def stage_demo(paths: Paths, args) -> None:
     from magicface_jax import demo
 
-    size = demo.write_demo_assets(paths.model("magicface") / "export", note=args.demo_note)
+    size = demo.write_demo_assets(
+        paths.model("magicface") / "export", note=args.demo_note, face_scale=FACE_SCALE
+    )
     print(f"demo: wrote {demo.DEMO_MODEL} ({size / 2**20:.1f} MB) and {demo.DEMO_FACES}")
 
 

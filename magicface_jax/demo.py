@@ -60,9 +60,14 @@ def describe(model_dir: Path = DEMO_MODEL) -> str:
 
 
 def render_demo_faces(
-    directory: Path, count: int = FACE_COUNT, seed: int = FACES_SEED, size: int = DEMO_SIZE
+    directory: Path,
+    count: int = FACE_COUNT,
+    seed: int = FACES_SEED,
+    size: int = DEMO_SIZE,
+    face_scale: float = 1.0,
 ) -> None:
-    """`count` neutral portraits (face_K.png) with their background conditions (face_K_bg.png)."""
+    """`count` neutral portraits (face_K.png) with their background conditions (face_K_bg.png), the faces
+    drawn at `face_scale` as in the model's `synthetic_faces` world."""
     from magicface_jax.data import face_params
     from magicface_jax.data.backgrounds import render_scene
     from magicface_jax.data.face_render import render_face
@@ -74,7 +79,7 @@ def render_demo_faces(
         rng = np.random.default_rng([seed, k])
         identity, pose, scene = (
             face_params.sample_identity(rng),
-            face_params.sample_pose(rng),
+            face_params.sample_pose(rng, face_scale),
             face_params.sample_scene(rng),
         )
         face = render_face(identity, pose, np.zeros(NUM_AUS, np.float32), render_scene(scene, size))
@@ -85,12 +90,16 @@ def render_demo_faces(
 
 
 def write_demo_assets(
-    export: Path, model_dir: Path = DEMO_MODEL, faces_dir: Path = DEMO_FACES, note: str = ""
+    export: Path,
+    model_dir: Path = DEMO_MODEL,
+    faces_dir: Path = DEMO_FACES,
+    note: str = "",
+    face_scale: float = 1.0,
 ) -> int:
     """Writes the trained checkpoint `export` (its files verified on reading) to `model_dir` and renders
-    the portraits into `faces_dir`; a folder there is replaced only if this function wrote it (its
-    `ASSETS_MANIFEST`). `note`: what a user should know about the model, printed with every demo. Returns
-    the model's bytes."""
+    the portraits, faces at `face_scale` (the model's world), into `faces_dir`; a folder there is
+    replaced only if this function wrote it (its `ASSETS_MANIFEST`). `note`: what a user should know about
+    the model, printed with every demo. Returns the model's bytes."""
     from magicface_jax.models.magicface import COMPONENTS
 
     info = checkpoint.read_info(export)
@@ -98,7 +107,11 @@ def write_demo_assets(
         atomic.check_output(directory, [export], overwrite=True, folder=True, manifest=ASSETS_MANIFEST)
     # Provenance without the paths of the machine that trained it.
     source = {k: v for k, v in info.source.items() if not k.endswith("checkpoint")}
-    source |= {"vae": "the synthetic replication's VAE", "demo": "benchmarks/synthetic_replication.py"}
+    source |= {
+        "vae": "the synthetic replication's VAE",
+        "demo": "benchmarks/synthetic_replication.py",
+        "face_scale": face_scale,
+    }
     if note:
         source["note"] = note
     with atomic.atomic_directory(model_dir, True, manifest=ASSETS_MANIFEST) as partial:
@@ -112,7 +125,7 @@ def write_demo_assets(
         if size > MAX_MODEL_BYTES:
             raise MagicFaceError(f"{export} takes {size / 2**20:.1f} MB; a demo model must stay under 20 MB")
     with atomic.atomic_directory(faces_dir, True, manifest=ASSETS_MANIFEST) as partial:
-        render_demo_faces(partial)
+        render_demo_faces(partial, face_scale=face_scale)
         _mark(partial)
     return size
 

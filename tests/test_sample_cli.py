@@ -465,9 +465,11 @@ def test_demo_assets_are_rendered_from_a_seed_and_replace_only_their_own(tmp_pat
 
     export = write_random_checkpoint(tmp_path / "export", synthetic_magicface_config())
     model, faces = tmp_path / "model", tmp_path / "faces"
-    size = demo.write_demo_assets(export, model, faces, note="It edits brows only.")
+    shipped_scale = checkpoint.read_info(demo.DEMO_MODEL).source.get("face_scale", 1.0)
+    size = demo.write_demo_assets(export, model, faces, note="It edits brows only.", face_scale=shipped_scale)
     assert 0 < size < demo.MAX_MODEL_BYTES
     assert checkpoint.read_info(model).source["demo"]
+    assert checkpoint.read_info(model).source["face_scale"] == shipped_scale
     assert demo.describe(model).endswith("a person it never saw. It edits brows only.")
     for k in range(demo.FACE_COUNT):  # the shipped portraits are these, rendered again
         for end in ("", "_bg"):
