@@ -125,8 +125,7 @@ def parse_args(argv) -> argparse.Namespace:
     outputs.add_argument(
         "--compilation-cache",
         metavar="DIR",
-        help=f"JAX's persistent compilation cache, or '{cache.OFF}' (default: JAX_COMPILATION_CACHE_DIR, "
-        f"else <${cache.CACHE_ENV} or ~/.cache/magicface-jax>/xla)",
+        help=cache.COMPILATION_CACHE_HELP,
     )
     for flag in AUTHORS_MODEL_FLAGS:
         parser.add_argument(flag, dest=f"authors{flag}", help=argparse.SUPPRESS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from magicface_jax import cli
+from magicface_jax import cache, cli
 
 
 def parse_args(argv):
@@ -33,6 +33,11 @@ def parse_args(argv):
     parser.add_argument("--coordinator", help="HOST:PORT of process 0, for a multi-process run")
     parser.add_argument("--num-processes", type=int)
     parser.add_argument("--process-id", type=int)
+    parser.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        help=cache.COMPILATION_CACHE_HELP + ": a rerun, such as a resume after a preemption, loads the step",
+    )
     return parser.parse_args(argv)
 
 
@@ -45,6 +50,7 @@ def main(argv=None) -> None:
         from magicface_jax.parallel.hosts import join_processes
 
         join_processes(args.coordinator, args.num_processes, args.process_id)
+    cache.enable_compilation_cache(args.compilation_cache)
     if args.cache_latents:
         from magicface_jax.training.caching import cache_latents
 

@@ -11,6 +11,10 @@ from pathlib import Path
 
 CACHE_ENV = "MAGICFACE_JAX_CACHE"
 OFF = "off"
+COMPILATION_CACHE_HELP = (
+    f"JAX's persistent compilation cache, or '{OFF}' (default: JAX_COMPILATION_CACHE_DIR, else "
+    f"<${CACHE_ENV} or ~/.cache/magicface-jax>/xla)"
+)
 
 
 def cache_root() -> Path:

@@ -325,6 +325,19 @@ def test_train_cli_refuses_an_output_that_is_a_file_or_the_dataset(tmp_path, cap
     assert status == 2 and "overlaps dataset" in err
 
 
+def test_train_cli_turns_on_the_compilation_cache_before_training(tmp_path, capsys, monkeypatch):
+    from magicface_jax import cache
+    from magicface_jax.training import loop
+
+    calls = []
+    monkeypatch.setattr(
+        cache, "enable_compilation_cache", lambda directory: calls.append(("cache", directory))
+    )
+    monkeypatch.setattr(loop, "train", lambda run, export_only: calls.append(("train", export_only)))
+    status, _ = train_cli(capsys, "--config", str(TINY_CONFIG), "--compilation-cache", str(tmp_path))
+    assert status == 0 and calls == [("cache", str(tmp_path)), ("train", False)]
+
+
 @pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_without_saving_it(tmp_path, pairs):
     from magicface_jax.training.loop import train
