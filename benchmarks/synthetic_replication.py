@@ -60,7 +60,7 @@ VAE = autoencoder.AutoencoderTrainConfig(
     resolution=64,
     steps=2000,
     batch_size=16,
-    learning_rate=2e-3,
+    learning_rate=1e-3,
     face_weight=2.0,
     checkpoint_every=250,
 )

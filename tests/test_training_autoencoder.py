@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 
@@ -109,5 +112,28 @@ def test_bad_settings_are_refused():
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=17)
     with pytest.raises(MagicFaceError, match="≥ 1"):
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, steps=0)
+    with pytest.raises(MagicFaceError, match="grad_clip_norm must be ≥ 0"):
+        autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, grad_clip_norm=-1.0)
     with pytest.raises(MagicFaceError, match="trains at 32"):
         autoencoder.train(autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=32), _data(), "unused")
+
+
+def test_gradients_are_clipped_to_the_global_norm_before_adamw():
+    """AdamW then sees a spike (norm 1e6) as a gradient of norm 1; an ordinary gradient passes unchanged."""
+    import jax.numpy as jnp
+    import optax
+
+    params = {"w": jnp.zeros(4), "b": jnp.zeros(2)}
+    spike = {"w": jnp.full(4, 4e5), "b": jnp.full(2, -3e5 * 2**0.5)}
+    ordinary = {"w": jnp.full(4, 0.1), "b": jnp.full(2, -0.2)}
+    config = autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, grad_clip_norm=1.0)
+    unclipped = autoencoder.optimizer(dataclasses.replace(config, grad_clip_norm=0.0))
+    clipped = autoencoder.optimizer(config)
+    states = clipped.init(params), unclipped.init(params)
+    norm = float(optax.tree.norm(spike))
+    for given, seen in ((spike, jax.tree.map(lambda g: g / norm, spike)), (ordinary, ordinary)):
+        got, clipped_state = clipped.update(given, states[0], params)
+        want, unclipped_state = unclipped.update(seen, states[1], params)
+        states = clipped_state, unclipped_state
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -58,6 +58,9 @@ class AutoencoderTrainConfig:
     learning_rate: float = 2e-3  # AdamW peak, after a linear warmup, then cosine decay to 10 %
     warmup_steps: int = 100
     weight_decay: float = 1e-4
+    # The global gradient norm is clipped to this (0: no clipping). Without it a VAE of the replication
+    # diverged at step 1,400 of 2,000 (KL 3e3 -> 3e6, L1 0.13 -> 0.69) at learning rate 2e-3.
+    grad_clip_norm: float = 1.0
     kl_weight: float = 1e-6
     face_weight: float = 1.0  # weight of a face pixel's reconstruction error relative to the rest
     checkpoint_every: int = 500
@@ -71,8 +74,8 @@ class AutoencoderTrainConfig:
             )
         if min(self.steps, self.batch_size, self.checkpoint_every) < 1 or self.warmup_steps < 0:
             raise MagicFaceError("steps, batch_size and checkpoint_every must be ≥ 1, warmup_steps ≥ 0")
-        if min(self.learning_rate, self.kl_weight, self.face_weight) < 0:
-            raise MagicFaceError("learning_rate, kl_weight and face_weight must be ≥ 0")
+        if min(self.learning_rate, self.kl_weight, self.face_weight, self.grad_clip_norm) < 0:
+            raise MagicFaceError("learning_rate, kl_weight, face_weight and grad_clip_norm must be ≥ 0")
 
 
 class TrainState(struct.PyTreeNode):
@@ -86,7 +89,10 @@ def optimizer(config: AutoencoderTrainConfig) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1), 0.1
     )
-    return optax.adamw(schedule, weight_decay=config.weight_decay)
+    adamw = optax.adamw(schedule, weight_decay=config.weight_decay)
+    if not config.grad_clip_norm:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
 
 
 def init_state(config: AutoencoderTrainConfig) -> TrainState:
@@ -119,7 +125,7 @@ def make_train_step(config: AutoencoderTrainConfig) -> Callable:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = TrainState(state.step + 1, params, opt_state, jax.random.key_data(rng))
-        return new, {"loss": loss, **metrics}
+        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
     return jax.jit(step, donate_argnums=0)
 
