@@ -5,6 +5,7 @@ configs are refused in one line."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,13 +20,14 @@ from magicface_jax.training.step import draw, example_losses, loss_and_grads
 from magicface_jax.training.trainer import make_trainer
 from tests.training_fixtures import TINY_CONFIG, nano_batch, nano_run
 
-pytestmark = pytest.mark.xdist_group("training")
-
 MESHES = {
     "one device": ((1, 1, 1), 1, 1),  # (data, fsdp, tensor), devices, accumulation steps
     "data=2 fsdp=4": ((2, 4, 1), 8, 1),
     "data=2 fsdp=2 tensor=2, 2 micro-batches": ((2, 2, 2), 8, 2),
 }
+# Each sharded step is compiled once per test process: the tests that read one share its xdist group, and
+# the two sharded meshes go to different groups, so that the suite's workers compile them side by side.
+FSDP_GROUP = pytest.mark.xdist_group("training-fsdp")
 
 
 def one_step(mesh_sizes, devices, accumulation):
@@ -44,16 +46,25 @@ def one_step(mesh_sizes, devices, accumulation):
     return trainer, state, jax.device_get(metrics)
 
 
-@pytest.fixture(scope="module")
-def steps():
-    return {name: one_step(*setting) for name, setting in MESHES.items()}
+@functools.cache
+def step_on(name: str):
+    """(trainer, state, metrics) after one step on mesh `name` of `MESHES`, computed once per process."""
+    return one_step(*MESHES[name])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MESHES)[1:])
-def test_a_step_is_the_same_on_every_mesh_and_with_accumulation(steps, name):
-    _, reference, reference_metrics = steps["one device"]
-    _, state, metrics = steps[name]
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("data=2 fsdp=4", marks=FSDP_GROUP),
+        pytest.param(
+            "data=2 fsdp=2 tensor=2, 2 micro-batches", marks=pytest.mark.xdist_group("training-tensor")
+        ),
+    ],
+)
+def test_a_step_is_the_same_on_every_mesh_and_with_accumulation(name):
+    _, reference, reference_metrics = step_on("one device")
+    _, state, metrics = step_on(name)
     assert abs(metrics["loss"] - reference_metrics["loss"]) <= 1e-5 * abs(reference_metrics["loss"])
     np.testing.assert_allclose(metrics["grad_norm"], reference_metrics["grad_norm"], rtol=1e-5)
     expected, got = jax.device_get(reference.params), jax.device_get(state.params)
@@ -64,8 +75,9 @@ def test_a_step_is_the_same_on_every_mesh_and_with_accumulation(steps, name):
 
 
 @pytest.mark.slow
-def test_fsdp_splits_parameters_and_optimizer_state(steps):
-    trainer, state, _ = steps["data=2 fsdp=4"]
+@FSDP_GROUP
+def test_fsdp_splits_parameters_and_optimizer_state():
+    trainer, state, _ = step_on("data=2 fsdp=4")
     params = jax.tree_util.tree_flatten_with_path(state.params)[0]
     moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim]
     split = 0

@@ -19,6 +19,7 @@ from magicface_jax import checkpoint
 from magicface_jax.models.magicface import COMPONENTS
 from tests.training_fixtures import REPO, TINY_CONFIG
 
+# The runs compared with `reference` share its group, so that it is trained once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("training_runs")]
 
 RUN_TIMEOUT_S = 600
@@ -171,6 +172,7 @@ def test_two_processes_train_as_one(tmp_path, dataset, reference):
     assert_same_params(exported(out), exported(reference), atol=1e-5)
 
 
+@pytest.mark.xdist_group("training-runs-loss")  # needs only the dataset: beside the runs of the reference
 def test_the_loss_halves_and_the_export_edits_a_face(tmp_path, dataset):
     from PIL import Image
 
