@@ -54,13 +54,13 @@ TRAIN_PAIRS, TEST_PAIRS = 4000, 200
 # Faces 1.4 × the default size (about 0.64 of the image wide): at the default the mouth is about 10 pixels
 # wide and a smile moves it by about 2/255 on average, less than a small VAE's error (docs/evaluation.md).
 FACE_SCALE = 1.4
-ESTIMATOR = ("--train-pairs", "800", "--test-pairs", "100", "--steps", "1500")  # train_estimator arguments
+ESTIMATOR = ("--train-pairs", "3000", "--test-pairs", "100", "--steps", "8000")  # train_estimator arguments
 VAE = autoencoder.AutoencoderTrainConfig(
     vae=autoencoder.SYNTHETIC_VAE,
     resolution=64,
-    steps=2000,
+    steps=1000,
     batch_size=16,
-    learning_rate=1e-3,
+    learning_rate=4e-4,
     face_weight=2.0,
     checkpoint_every=250,
 )
