@@ -65,3 +65,9 @@ def test_an_interrupted_build_is_cleaned_up_by_the_next(tmp_path, capsys):
         SYNTHETIC_FOLDER.name,
         other.name,
     ]
+
+
+def test_a_face_scale_out_of_range_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert run(build.main, [*SYNTHETIC, "--face-scale", "2", "--data-dir", str(tmp_path / "tfds")]) == 2
+    assert "the face scale must be in [0.5, 1.6], got 2.0" in one_line_error(capsys)
+    assert not (tmp_path / "tfds").exists()

@@ -236,3 +236,13 @@ def test_the_shipped_estimator_beats_a_constant_predictor_on_unseen_persons():
     same = np.linalg.norm(embedding[0::2] - embedding[1::2], axis=-1).mean()  # a pair: one person
     other = np.linalg.norm(embedding[0::2] - np.roll(embedding[0::2], 1, axis=0), axis=-1).mean()
     assert same < other
+
+
+def test_train_estimator_refuses_a_face_scale_out_of_range_before_rendering(tmp_path, capsys):
+    from magicface_jax.evaluation import train_estimator
+
+    out = tmp_path / "estimator"
+    assert run(train_estimator.main, ["--face-scale", "0.2", "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "the face scale must be in [0.5, 1.6], got 0.2" in lines[0], lines
+    assert not out.exists()
