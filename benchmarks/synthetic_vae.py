@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--face-weight", type=float, default=1.0)
+    parser.add_argument("--kl-weight", type=float, default=1e-6)
     parser.add_argument(
         "--face-scale", type=float, default=1.0, help="synthetic_faces' face size in the image"
     )
@@ -71,6 +72,7 @@ def _config(args) -> autoencoder.AutoencoderTrainConfig:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         face_weight=args.face_weight,
+        kl_weight=args.kl_weight,
         checkpoint_every=args.checkpoint_every,
     )
 
