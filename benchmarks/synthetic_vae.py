@@ -104,9 +104,17 @@ def train_and_export(
     return seconds
 
 
-def measure(export: Path, out: Path, test_pairs: int, probe_people: int, face_scale: float = 1.0) -> dict:
-    """The exported VAE on `test_pairs` held-out pairs and the AU probes: the result (also written to
-    OUT/result.json) and OUT/reconstruction.png."""
+def measure(
+    export: Path,
+    out: Path,
+    test_pairs: int,
+    probe_people: int,
+    face_scale: float = 1.0,
+    extra: dict | None = None,
+) -> dict:
+    """The exported VAE on `test_pairs` held-out pairs and the AU probes: the result with `extra` (also
+    written to OUT/result.json) and OUT/reconstruction.png. Both belong to the run in OUT: a rerun, which
+    resumes the run, replaces them."""
     from magicface_jax.data.synthetic_faces import synthetic_example
 
     vae_config, params, vae_steps = autoencoder.load_vae(export)
@@ -143,8 +151,9 @@ def measure(export: Path, out: Path, test_pairs: int, probe_people: int, face_sc
         "face_box_rmse_01": vae_study.part_rmse(test, recons, landmarks, "face"),
         "mean_abs_error_255": errors,
         "au_change_vs_vae_error_255": aus,
+        **(extra or {}),
     }
-    with atomic_file(out / "result.json") as partial:
+    with atomic_file(out / "result.json", overwrite=True) as partial:
         partial.write_text(json.dumps(result, indent=2))
     _picture(test, recons, landmarks, out / "reconstruction.png")
     return result
@@ -170,7 +179,7 @@ def _picture(images, recons, landmarks, path: Path, faces: int = 3, height: int 
     grid = np.concatenate(
         [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     )
-    with atomic_file(path) as partial:
+    with atomic_file(path, overwrite=True) as partial:
         Image.fromarray(grid).save(partial, format="PNG")
 
 
@@ -180,13 +189,8 @@ def main(argv=None) -> None:
     seconds = 0.0
     if not args.measure_only:
         seconds = train_and_export(_config(args), out, args.pairs, args.time_limit, args.face_scale)
-    result = measure(out / "export", out, args.test_pairs, args.probe_people, args.face_scale)
-    result |= {
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "train_seconds_this_run": seconds,
-    }
-    with atomic_file(out / "result.json") as partial:
-        partial.write_text(json.dumps(result, indent=2))
+    extra = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "train_seconds_this_run": seconds}
+    result = measure(out / "export", out, args.test_pairs, args.probe_people, args.face_scale, extra)
     print(json.dumps(result, indent=2))
 
 

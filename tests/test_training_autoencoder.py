@@ -137,3 +137,23 @@ def test_gradients_are_clipped_to_the_global_norm_before_adamw():
         states = clipped_state, unclipped_state
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_vae_study_cli_trains_measures_and_resumes_in_its_folder(tmp_path, capsys):
+    import json
+
+    from benchmarks import synthetic_vae
+    from magicface_jax.cli import run
+
+    out = tmp_path / "vae"
+    argv = ["--widths", "8,8", "--steps", "2", "--batch-size", "2", "--pairs", "2", "--test-pairs", "1"]
+    argv += ["--probe-people", "1", "--checkpoint-every", "1", "--face-scale", "1.4", "--out", str(out)]
+    assert run(synthetic_vae.main, argv) == 0
+    first = json.loads((out / "result.json").read_text())
+    assert first["steps_done"] == 2 and first["config"]["face_scale"] == 1.4
+    assert set(first["au_change_vs_vae_error_255"]) == set(synthetic_vae.PROBED_AUS)
+    assert (out / "reconstruction.png").is_file()
+    assert run(synthetic_vae.main, [*argv[:3], "4", *argv[4:]]) == 0  # more steps: resumes, measures again
+    assert "resumed from step 2" in capsys.readouterr().out
+    assert json.loads((out / "result.json").read_text())["steps_done"] == 4

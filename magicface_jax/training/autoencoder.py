@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from magicface_jax.atomic import atomic_directory
+from magicface_jax import atomic
 from magicface_jax.config import VAEConfig
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.images import to_model_input
@@ -41,6 +41,8 @@ from magicface_jax.models.vae import AutoencoderKL, sample_posterior
 
 STATE_DIR = "state"
 EXPORT_CONFIG = "vae.json"
+# vae.json also marks the folder as an export, which a later export of the same run may replace.
+EXPORT_MANIFEST = atomic.Manifest(EXPORT_CONFIG, ("magicface-jax/vae-export-1",))
 EXPORT_PARAMS = "params"
 
 # The synthetic setting's VAE at 64² (docs/evaluation.md): downsampling 4, latents 16² × 4.
@@ -258,8 +260,8 @@ def export_vae(
         scaling_factor=latent_scaling_factor(config.vae, params, images),
         sample_size=config.resolution,
     )
-    with atomic_directory(directory, overwrite) as partial:
-        meta = {"vae": dataclasses.asdict(vae_config), "steps": steps}
+    with atomic.atomic_directory(directory, overwrite, manifest=EXPORT_MANIFEST) as partial:
+        meta = {"format": EXPORT_MANIFEST.formats[0], "vae": dataclasses.asdict(vae_config), "steps": steps}
         (partial / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
         ocp.PyTreeCheckpointer().save((partial / EXPORT_PARAMS).absolute(), jax.device_get(params))
     return vae_config
