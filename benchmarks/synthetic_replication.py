@@ -197,7 +197,9 @@ def stage_vae(paths: Paths, args) -> None:
         print("vae: training")
         synthetic_vae.train_and_export(VAE, paths.vae, VAE_PAIRS, face_scale=FACE_SCALE)
     if not _done(paths.vae / "result.json", "vae report"):
-        synthetic_vae.measure(paths.vae / "export", paths.vae, 16, 8, face_scale=FACE_SCALE)
+        synthetic_vae.measure(
+            paths.vae / "export", paths.vae, test_pairs=16, probe_people=8, face_scale=FACE_SCALE
+        )
     result = json.loads((paths.vae / "result.json").read_text())
     kept = ", ".join(f"{au} {r['kept']:.2f}" for au, r in result["au_change_vs_vae_error_255"].items())
     print(f"vae: face-box RMSE {result['face_box_rmse_01']:.4f}; AU change kept: {kept}")

@@ -738,12 +738,13 @@ def sd15_tables(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    fast_compile = common.fast_compile_flags()
     if args.part in ("cpu", "all"):  # step times: the flags would make them meaningless
         common.check_xla_flags()
-    elif common.fast_compile_flags():  # the sd15 part never runs a step
+    elif fast_compile:  # the sd15 part never runs a step
         print(
-            f"XLA_FLAGS has {' '.join(common.fast_compile_flags())}: the compiles are faster and their code "
-            "slower; the memory and FLOP figures do not depend on them, the compile times do"
+            f"XLA_FLAGS has {' '.join(fast_compile)}: the compiles are faster and their code slower; the "
+            "memory and FLOP figures do not depend on them, the compile times do"
         )
     if args.part in ("sd15", "all"):
         common.ensure_devices(SD15_DEVICES, "the sd15 part")
