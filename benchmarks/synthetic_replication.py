@@ -192,16 +192,37 @@ def _exported_steps(directory: Path) -> int:
     return autoencoder.load_vae(directory).steps if autoencoder.is_vae_export(directory) else -1
 
 
+def _vae_measured(report: Path) -> bool:
+    """The VAE's report exists and has the estimator's reading of the AU probes (older reports lack it)."""
+    if not report.exists():
+        return False
+    probes = json.loads(report.read_text())["au_change_vs_vae_error_255"].values()
+    return all("estimated_kept" in probe for probe in probes)
+
+
 def stage_vae(paths: Paths, args) -> None:
+    from magicface_jax.evaluation.synthetic import SyntheticEstimator
+
     if _exported_steps(paths.vae / "export") < VAE.steps:
         print("vae: training")
         synthetic_vae.train_and_export(VAE, paths.vae, VAE_PAIRS, face_scale=FACE_SCALE)
-    if not _done(paths.vae / "result.json", "vae report"):
+    report = paths.vae / "result.json"
+    if _vae_measured(report):
+        print(f"vae report: done ({report})")
+    else:
         synthetic_vae.measure(
-            paths.vae / "export", paths.vae, test_pairs=16, probe_people=8, face_scale=FACE_SCALE
+            paths.vae / "export",
+            paths.vae,
+            test_pairs=16,
+            probe_people=8,
+            face_scale=FACE_SCALE,
+            read_aus=SyntheticEstimator.load(paths.estimator).aus,
         )
-    result = json.loads((paths.vae / "result.json").read_text())
-    kept = ", ".join(f"{au} {r['kept']:.2f}" for au, r in result["au_change_vs_vae_error_255"].items())
+    result = json.loads(report.read_text())
+    kept = ", ".join(
+        f"{au} {r['kept']:.2f} (the estimator reads {r['estimated_kept']:.2f})"
+        for au, r in result["au_change_vs_vae_error_255"].items()
+    )
     print(f"vae: face-box RMSE {result['face_box_rmse_01']:.4f}; AU change kept: {kept}")
 
 

@@ -6,8 +6,10 @@ Trains `magicface_jax.training.autoencoder` on both images of `--pairs` syntheti
 (resuming from OUT/state), exports the frozen VAE to OUT/export, then on held-out test pairs reports the
 reconstruction error in the face box and in the brows, eyes and mouth, and for AU12 (mouth), AU1 and AU4
 (brows) and AU5 (eyes) the rendered change from intensity 0 to 4 against the VAE's error there
-(`magicface_jax.evaluation.vae_study`). Writes OUT/result.json and OUT/reconstruction.png (original,
-reconstruction and 4 × |difference| of each part for a few test faces).
+(`magicface_jax.evaluation.vae_study`), and with `--estimator DIR` (a synthetic estimator of the same
+world) how much of that change the estimator still reads on the reconstructions. Writes OUT/result.json
+and OUT/reconstruction.png (original, reconstruction and 4 × |difference| of each part for a few test
+faces).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from magicface_jax.config import VAEConfig
 from magicface_jax.data.synthetic_faces import SyntheticFacesSpec
 from magicface_jax.evaluation import vae_study
 from magicface_jax.evaluation.regions import part_box
+from magicface_jax.evaluation.synthetic import SyntheticEstimator
 from magicface_jax.training import autoencoder
 
 PROBED_AUS = ("AU12", "AU1", "AU4", "AU5")
@@ -50,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", type=int, default=1000, help="train pairs rendered (two images each)")
     parser.add_argument("--test-pairs", type=int, default=64)
     parser.add_argument("--probe-people", type=int, default=16)
+    parser.add_argument(
+        "--estimator",
+        default=None,
+        help="a synthetic estimator of this world (train_estimator's --out): also measure the AU change it "
+        "reads through the VAE",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds of training in this run")
     parser.add_argument("--measure-only", action="store_true", help="measure OUT/export without training")
@@ -111,10 +120,12 @@ def measure(
     probe_people: int,
     face_scale: float = 1.0,
     extra: dict | None = None,
+    read_aus: vae_study.ReadAUs | None = None,
 ) -> dict:
-    """The exported VAE on `test_pairs` held-out pairs and the AU probes: the result with `extra` (also
-    written to OUT/result.json) and OUT/reconstruction.png. Both belong to the run in OUT: a rerun, which
-    resumes the run, replaces them."""
+    """The exported VAE on `test_pairs` held-out pairs and the AU probes (read by the AU estimator
+    `read_aus` too, when given): the result with `extra` (also written to OUT/result.json)
+    and OUT/reconstruction.png. Both belong to the run in OUT: a rerun, which resumes the run, replaces
+    them."""
     from magicface_jax.data.synthetic_faces import synthetic_example
 
     vae_config, params, vae_steps = autoencoder.load_vae(export)
@@ -136,7 +147,7 @@ def measure(
     errors = {part: vae_study.part_error(test, recons, landmarks, part) for part in ("face", *PICTURE_PARTS)}
     aus = {
         au: vae_study.au_survival(
-            vae_study.au_probe(au, resolution, probe_people, face_scale=face_scale), reconstruct
+            vae_study.au_probe(au, resolution, probe_people, face_scale=face_scale), reconstruct, read_aus
         )
         for au in PROBED_AUS
     }
@@ -186,11 +197,14 @@ def _picture(images, recons, landmarks, path: Path, faces: int = 3, height: int 
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
     out = Path(args.out)
+    read_aus = None if args.estimator is None else SyntheticEstimator.load(args.estimator).aus
     seconds = 0.0
     if not args.measure_only:
         seconds = train_and_export(_config(args), out, args.pairs, args.time_limit, args.face_scale)
     extra = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "train_seconds_this_run": seconds}
-    result = measure(out / "export", out, args.test_pairs, args.probe_people, args.face_scale, extra)
+    result = measure(
+        out / "export", out, args.test_pairs, args.probe_people, args.face_scale, extra, read_aus
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -11,6 +11,8 @@ from magicface_jax.cli import run
 from magicface_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig, SyntheticFacesSpec
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.evaluation import synthetic, vae_study
+from magicface_jax.evaluation.regions import part_box
+from magicface_jax.faces.aus import au_index
 
 TINY = synthetic.RegressorConfig(input_size=32, widths=(8, 16), hidden=16, batch_size=4)
 SPEC = SyntheticFacesSpec(resolution=64, train_pairs=2, test_pairs=3, pairs_per_identity=1, seed=5)
@@ -79,6 +81,30 @@ def test_au_probe_changes_only_its_part_and_a_perfect_vae_keeps_it_all():
     assert survival["part"] == "mouth" and survival["vae_error"] == 0 and survival["kept"] == 1
     blurred = vae_study.au_survival(probe, lambda images: np.full_like(images, 128))
     assert blurred["kept"] <= 0 and blurred["vae_error"] > blurred["change"]
+    assert "estimated_kept" not in blurred  # only with an AU estimator
+
+
+def test_the_estimator_reads_what_a_vae_keeps_of_an_au():
+    """A reader whose AU12 is the mouth's brightness, constructed: it sees the whole change through a
+    perfect VAE, none through one that returns grey, and half through one that halves the contrast."""
+    probe = vae_study.au_probe("AU12", 64, 2)
+    box = part_box(probe.landmarks[0], "mouth", 64)
+
+    def read_aus(images):
+        found = np.zeros((len(images), 12))
+        found[:, au_index("AU12")] = images[:, box[0] : box[1], box[2] : box[3]].astype(float).mean((1, 2, 3))
+        return found
+
+    def halve(images):
+        return np.round(128 + 0.5 * (images.astype(float) - 128)).astype(np.uint8)
+
+    whole = vae_study.au_survival(probe, lambda images: images, read_aus)
+    assert whole["estimated_kept"] == 1 and whole["estimated_change"] != 0
+    assert whole["estimated_change_reconstructed"] == whole["estimated_change"]
+    grey = vae_study.au_survival(probe, lambda images: np.full_like(images, 128), read_aus)
+    assert grey["estimated_kept"] == 0 and grey["estimated_change_reconstructed"] == 0
+    half = vae_study.au_survival(probe, halve, read_aus)
+    assert half["estimated_kept"] == pytest.approx(0.5, abs=0.02)
 
 
 @pytest.fixture(scope="module")

@@ -145,14 +145,26 @@ def test_the_vae_study_cli_trains_measures_and_resumes_in_its_folder(tmp_path, c
 
     from benchmarks import synthetic_vae
     from magicface_jax.cli import run
+    from magicface_jax.data.synthetic_faces import SyntheticFacesSpec
+    from magicface_jax.evaluation import synthetic
+
+    spec = SyntheticFacesSpec(
+        resolution=64, train_pairs=2, test_pairs=1, pairs_per_identity=1, face_scale=1.4
+    )
+    images = synthetic.labelled_images(synthetic.rendered_records(spec, "train", 2))
+    tiny = synthetic.RegressorConfig(input_size=32, widths=(8,), hidden=8, batch_size=2)
+    synthetic.train_estimator(tiny, images, images, steps=1, log=lambda _: None).save(tmp_path / "est")
 
     out = tmp_path / "vae"
     argv = ["--widths", "8,8", "--steps", "2", "--batch-size", "2", "--pairs", "2", "--test-pairs", "1"]
     argv += ["--probe-people", "1", "--checkpoint-every", "1", "--face-scale", "1.4", "--out", str(out)]
-    assert run(synthetic_vae.main, argv) == 0
+    assert run(synthetic_vae.main, [*argv, "--estimator", str(tmp_path / "none")]) == 2
+    assert "no synthetic estimator" in capsys.readouterr().err and not out.exists()  # refused before training
+    assert run(synthetic_vae.main, [*argv, "--estimator", str(tmp_path / "est")]) == 0
     first = json.loads((out / "result.json").read_text())
     assert first["steps_done"] == 2 and first["config"]["face_scale"] == 1.4
     assert set(first["au_change_vs_vae_error_255"]) == set(synthetic_vae.PROBED_AUS)
+    assert all(np.isfinite(r["estimated_kept"]) for r in first["au_change_vs_vae_error_255"].values())
     assert (out / "reconstruction.png").is_file()
     assert run(synthetic_vae.main, [*argv[:3], "4", *argv[4:]]) == 0  # more steps: resumes, measures again
     assert "resumed from step 2" in capsys.readouterr().out

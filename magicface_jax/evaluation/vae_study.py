@@ -1,5 +1,6 @@
 """Does an expression survive a VAE? The rendered change of one AU in its face part, against the VAE's
-reconstruction error there, on synthetic faces whose every other factor is held fixed.
+reconstruction error there, on synthetic faces whose every other factor is held fixed; and the same change
+as the evaluation's AU estimator reads it, before and after the VAE.
 
 Errors are mean absolute differences in 0–255 units over a part's box (`regions.part_box`), averaged over
 the colour channels.
@@ -19,6 +20,7 @@ from magicface_jax.evaluation.regions import AU_PART, part_mask
 from magicface_jax.faces.aus import NUM_AUS, au_index
 
 Reconstruct = Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S, 3) -> uint8 (N, S, S, 3)
+ReadAUs = Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S, 3) -> (N, 12) AU intensities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +81,15 @@ def part_rmse(originals: np.ndarray, recons: np.ndarray, landmarks: np.ndarray, 
     return float(np.sqrt(_part_means(squared.mean(-1), landmarks, part).mean()))
 
 
-def au_survival(probe: AUProbe, reconstruct: Reconstruct) -> dict[str, float]:
+def au_survival(probe: AUProbe, reconstruct: Reconstruct, read_aus: ReadAUs | None = None) -> dict:
     """In the AU's part: `change` = mean |high − low| (the signal), `vae_error` = mean reconstruction error
     of both images (the noise), and `kept` = 1 − mean |Δreconstruction − Δoriginal| / mean |Δoriginal|:
-    1 when the VAE carries the change through exactly, 0 or below when it loses it."""
+    1 when the VAE carries the change through exactly, 0 or below when it loses it.
+
+    `kept` counts every pixel the VAE gets wrong as lost signal. With `read_aus` (an AU estimator), also
+    what the metric sees: `estimated_change`, the AU's mean estimated rise from low to high on the
+    originals, `estimated_change_reconstructed` on the reconstructions, and `estimated_kept`, their ratio
+    (1: the estimator reads the whole change through the VAE, 0: none of it)."""
     part = AU_PART[probe.au]
     low_r, high_r = reconstruct(probe.low), reconstruct(probe.high)
     delta = probe.high.astype(np.float64) - probe.low
@@ -93,9 +100,19 @@ def au_survival(probe: AUProbe, reconstruct: Reconstruct) -> dict[str, float]:
         part_error(probe.low, low_r, probe.landmarks, part)
         + part_error(probe.high, high_r, probe.landmarks, part)
     )
-    return {
+    found = {
         "part": part,
         "change": float(change.mean()),
         "vae_error": error,
         "kept": float(1.0 - lost.mean() / change.mean()),
     }
+    if read_aus is not None:
+        column = au_index(probe.au)
+
+        def rise(low, high) -> float:
+            return float((read_aus(high)[:, column] - read_aus(low)[:, column]).mean())
+
+        found["estimated_change"] = rise(probe.low, probe.high)
+        found["estimated_change_reconstructed"] = rise(low_r, high_r)
+        found["estimated_kept"] = found["estimated_change_reconstructed"] / found["estimated_change"]
+    return found
