@@ -18,8 +18,9 @@ done and resumes what is not (the VAE and MagicFace trainings resume from their 
                 the three models, each `train.py --config configs/synthetic_64.yaml` with its overrides
     evaluations every (model, sampler, steps, guidance) of the tables, on the 200 test pairs
     report      OUT/report.md, OUT/au_mse_vs_guidance.png, OUT/steps.png, OUT/edits.png
-    demo        the package's demo assets from the MagicFace model (magicface_jax.demo.write_demo_assets);
-                run only when named, since it replaces the shipped demo model
+    demo        the package's demo assets from the MagicFace model and the estimator stage's estimator
+                (magicface_jax.demo.write_demo_assets); run only when named, since it replaces the
+                shipped demo model
 
 The metrics are the paper's four (docs/evaluation.md), read by the estimator stage's synthetic estimator
 (its held-out errors are printed beside every table). Whether two settings differ is judged by a
@@ -605,9 +606,15 @@ def stage_demo(paths: Paths, args) -> None:
     from magicface_jax import demo
 
     size = demo.write_demo_assets(
-        paths.model("magicface") / "export", note=args.demo_note, face_scale=FACE_SCALE
+        paths.model("magicface") / "export",
+        note=args.demo_note,
+        face_scale=FACE_SCALE,
+        estimator=paths.estimator,
     )
-    print(f"demo: wrote {demo.DEMO_MODEL} ({size / 2**20:.1f} MB) and {demo.DEMO_FACES}")
+    print(
+        f"demo: wrote {demo.DEMO_MODEL} ({size / 2**20:.1f} MB), {demo.DEMO_FACES} and "
+        f"{demo.SYNTHETIC_ESTIMATOR}"
+    )
 
 
 STAGE_FUNCTIONS = {

@@ -3,8 +3,9 @@ MagicFace trained on procedural faces at 64² and a few portraits of persons it 
 
 `assets/demo_model` is the synthetic replication's MagicFace with its VAE
 (benchmarks/synthetic_replication.py, BENCHMARKS.md); `assets/demo_faces` holds neutral portraits (every
-AU at 0), each with its background condition, rendered from `FACES_SEED`. `write_demo_assets` (the
-replication's `demo` stage) writes both.
+AU at 0), each with its background condition, rendered from `FACES_SEED`; `assets/synthetic_estimator`
+is the replication's estimator of the same world, which evaluates the demo model. `write_demo_assets`
+(the replication's `demo` stage) writes all three.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from magicface_jax import atomic, checkpoint
-from magicface_jax.assets import DEMO_FACES, DEMO_MODEL
+from magicface_jax.assets import DEMO_FACES, DEMO_MODEL, SYNTHETIC_ESTIMATOR
 from magicface_jax.errors import MagicFaceError
 
 DEMO_IMAGE = DEMO_FACES / "face_0.png"
@@ -59,6 +60,11 @@ def describe(model_dir: Path = DEMO_MODEL) -> str:
     )
 
 
+def face_scale(model_dir: Path = DEMO_MODEL) -> float:
+    """The `synthetic_faces` face scale of the world the demo model (and the shipped estimator) learnt."""
+    return float(checkpoint.read_info(model_dir).source.get("face_scale", 1.0))
+
+
 def render_demo_faces(
     directory: Path,
     count: int = FACE_COUNT,
@@ -95,16 +101,23 @@ def write_demo_assets(
     faces_dir: Path = DEMO_FACES,
     note: str = "",
     face_scale: float = 1.0,
+    estimator: Path | None = None,
+    estimator_dir: Path = SYNTHETIC_ESTIMATOR,
 ) -> int:
-    """Writes the trained checkpoint `export` (its files verified on reading) to `model_dir` and renders
-    the portraits, faces at `face_scale` (the model's world), into `faces_dir`; a folder there is
-    replaced only if this function wrote it (its `ASSETS_MANIFEST`). `note`: what a user should know about
-    the model, printed with every demo. Returns the model's bytes."""
+    """Writes the trained checkpoint `export` (its files verified on reading) to `model_dir`, renders
+    the portraits, faces at `face_scale` (the model's world), into `faces_dir`, and with `estimator` (a
+    synthetic estimator of that world) copies it to `estimator_dir`; a folder there is replaced only if
+    this function wrote it (its `ASSETS_MANIFEST`). `note`: what a user should know about the model,
+    printed with every demo. Returns the model's bytes."""
+    from magicface_jax.evaluation.synthetic import SyntheticEstimator
     from magicface_jax.models.magicface import COMPONENTS
 
     info = checkpoint.read_info(export)
-    for directory in (model_dir, faces_dir):
-        atomic.check_output(directory, [export], overwrite=True, folder=True, manifest=ASSETS_MANIFEST)
+    found = None if estimator is None else SyntheticEstimator.load(estimator)
+    outputs = (model_dir, faces_dir) if found is None else (model_dir, faces_dir, estimator_dir)
+    inputs = [export] if estimator is None else [export, estimator]
+    for directory in outputs:
+        atomic.check_output(directory, inputs, overwrite=True, folder=True, manifest=ASSETS_MANIFEST)
     # Provenance without the paths of the machine that trained it.
     source = {k: v for k, v in info.source.items() if not k.endswith("checkpoint")}
     source |= {
@@ -127,6 +140,10 @@ def write_demo_assets(
     with atomic.atomic_directory(faces_dir, True, manifest=ASSETS_MANIFEST) as partial:
         render_demo_faces(partial, face_scale=face_scale)
         _mark(partial)
+    if found is not None:
+        with atomic.atomic_directory(estimator_dir, True, manifest=ASSETS_MANIFEST) as partial:
+            found.write_files(partial)
+            _mark(partial)
     return size
 
 

@@ -178,10 +178,19 @@ def test_evaluate_runs_on_a_tiny_checkpoint_and_measures_the_baseline_exactly(
 @pytest.fixture(scope="module")
 def demo_model_report(tmp_path_factory):
     """evaluate.py on the shipped demo model and estimator, on 8 pairs of held-out persons (a seed no model
-    or estimator saw), each edited by its AU variation (20 UniPC steps, guidance 3)."""
+    or estimator saw) of the demo model's world, each edited by its AU variation (20 UniPC steps,
+    guidance 3)."""
+    from magicface_jax import demo
     from magicface_jax.assets import DEMO_MODEL, SYNTHETIC_ESTIMATOR
 
-    spec = SyntheticFacesSpec(resolution=64, train_pairs=1, test_pairs=8, pairs_per_identity=1, seed=11)
+    spec = SyntheticFacesSpec(
+        resolution=64,
+        train_pairs=1,
+        test_pairs=8,
+        pairs_per_identity=1,
+        seed=11,
+        face_scale=demo.face_scale(),
+    )
     data_dir = tmp_path_factory.mktemp("held_out")
     SyntheticFaces(config=SyntheticFacesConfig(spec), data_dir=str(data_dir)).download_and_prepare()
     report_path = tmp_path_factory.mktemp("report") / "report.json"
@@ -247,8 +256,11 @@ def test_the_shipped_estimator_beats_a_constant_predictor_on_unseen_persons():
     from magicface_jax.assets import SYNTHETIC_ESTIMATOR
 
     estimator = synthetic.SyntheticEstimator.load(SYNTHETIC_ESTIMATOR)
-    # seed 1's test persons: neither the estimator's training persons (seed 0, train) nor its test persons
-    spec = SyntheticFacesSpec(resolution=64, seed=1, pairs_per_identity=1)  # a new person per pair
+    from magicface_jax import demo
+
+    # seed 1's test persons: neither the estimator's training persons (seed 0, train) nor its test persons;
+    # a new person per pair, faces as in the world of the demo model, which the shipped estimator shares
+    spec = SyntheticFacesSpec(resolution=64, seed=1, pairs_per_identity=1, face_scale=demo.face_scale())
     data = synthetic.labelled_images(synthetic.rendered_records(spec, "test", 12))
     constant = estimator.normalization.mean
     aus, pose = estimator.aus(data.images), estimator.pose(data.images)

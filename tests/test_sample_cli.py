@@ -460,30 +460,45 @@ def test_the_shipped_demo_model_is_whole_trained_and_small():
 
 
 def test_demo_assets_are_rendered_from_a_seed_and_replace_only_their_own(tmp_path):
+    from magicface_jax.evaluation.synthetic import SyntheticEstimator
     from magicface_jax.training.init import synthetic_magicface_config
     from tests.random_checkpoint import write_random_checkpoint
 
     export = write_random_checkpoint(tmp_path / "export", synthetic_magicface_config())
-    model, faces = tmp_path / "model", tmp_path / "faces"
-    shipped_scale = checkpoint.read_info(demo.DEMO_MODEL).source.get("face_scale", 1.0)
-    size = demo.write_demo_assets(export, model, faces, note="It edits brows only.", face_scale=shipped_scale)
+    model, faces, estimator = tmp_path / "model", tmp_path / "faces", tmp_path / "estimator"
+    shipped_scale = demo.face_scale()
+    size = demo.write_demo_assets(
+        export,
+        model,
+        faces,
+        note="It edits brows only.",
+        face_scale=shipped_scale,
+        estimator=demo.SYNTHETIC_ESTIMATOR,
+        estimator_dir=estimator,
+    )
     assert 0 < size < demo.MAX_MODEL_BYTES
     assert checkpoint.read_info(model).source["demo"]
-    assert checkpoint.read_info(model).source["face_scale"] == shipped_scale
+    assert demo.face_scale(model) == shipped_scale
+    copied = SyntheticEstimator.load(estimator)
+    assert copied.held_out() == SyntheticEstimator.load(demo.SYNTHETIC_ESTIMATOR).held_out()
     assert demo.describe(model).endswith("a person it never saw. It edits brows only.")
     for k in range(demo.FACE_COUNT):  # the shipped portraits are these, rendered again
         for end in ("", "_bg"):
             np.testing.assert_array_equal(
                 read(faces / f"face_{k}{end}.png"), read(demo.DEMO_FACES / f"face_{k}{end}.png")
             )
-    demo.write_demo_assets(export, model, faces)  # its own folders: replaced
+    shipped = demo.SYNTHETIC_ESTIMATOR
+    demo.write_demo_assets(export, model, faces, estimator=shipped, estimator_dir=estimator)  # replaced
+    with pytest.raises(MagicFaceError, match="is the input"):
+        demo.write_demo_assets(export, model, faces, estimator=estimator, estimator_dir=estimator)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    for folders in ((foreign, faces), (model, foreign)):
+    for folders in ((foreign, faces, estimator), (model, foreign, estimator), (model, faces, foreign)):
         with pytest.raises(MagicFaceError, match="is a folder of other files"):
-            demo.write_demo_assets(export, *folders)
+            demo.write_demo_assets(export, *folders[:2], estimator=shipped, estimator_dir=folders[2])
     assert (foreign / "notes.txt").read_text() == "mine"
+    assert SyntheticEstimator.load(estimator).held_out() == copied.held_out()
 
 
 def test_demo_replaces_only_its_own_output(capsys, demo_env, tmp_path):

@@ -244,13 +244,17 @@ class SyntheticEstimator:
 
     def save(self, directory: str | Path, overwrite: bool = False) -> None:
         with atomic_directory(directory, overwrite) as partial:
-            meta = {
-                "config": dataclasses.asdict(self.config),
-                "normalization": self.normalization.to_json(),
-                "held_out": self._held_out,
-            }
-            (partial / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
-            (partial / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(jax.device_get(self.params)))
+            self.write_files(partial)
+
+    def write_files(self, folder: Path) -> None:
+        """The estimator's two files into the existing `folder` (`save` writes a whole folder safely)."""
+        meta = {
+            "config": dataclasses.asdict(self.config),
+            "normalization": self.normalization.to_json(),
+            "held_out": self._held_out,
+        }
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+        (folder / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(jax.device_get(self.params)))
 
     @classmethod
     def load(cls, directory: str | Path) -> SyntheticEstimator:
