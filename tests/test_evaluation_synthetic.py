@@ -284,3 +284,34 @@ def test_train_estimator_refuses_a_face_scale_out_of_range_before_rendering(tmp_
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "the face scale must be in [0.5, 1.6], got 0.2" in lines[0], lines
     assert not out.exists()
+
+
+def test_an_estimator_trained_with_round_trips_reports_its_errors_on_them_too():
+    train = synthetic.labelled_images(synthetic.rendered_records(SPEC, "train", 2))
+    test = synthetic.labelled_images(synthetic.rendered_records(SPEC, "test", 2))
+    seen = []
+
+    def darken(images):  # a stand-in for a VAE's round trip
+        seen.append(len(images))
+        return (images // 2).astype(np.uint8)
+
+    both = synthetic.with_reconstructions(train, darken)
+    assert len(both.images) == 2 * len(train.images) and (both.person == np.tile(train.person, 2)).all()
+    np.testing.assert_array_equal(both.images[len(train.images) :], train.images // 2)
+    np.testing.assert_array_equal(both.targets["aus"], np.tile(train.targets["aus"], (2, 1)))
+    seen.clear()
+    estimator = synthetic.train_estimator(TINY, train, test, steps=2, log=lambda _: None, reconstruct=darken)
+    held_out = estimator.held_out()
+    assert seen == [len(train.images), len(test.images)]  # the train images, then the test images
+    assert held_out["au_mse_vae_round_trip"] != held_out["au_mse"]
+    assert {"pose_rmse_degrees_vae_round_trip", "id_l2_same_person_vae_round_trip"} <= set(held_out)
+
+
+def test_train_estimator_refuses_a_missing_vae_before_rendering(tmp_path, capsys):
+    from magicface_jax.evaluation import train_estimator
+
+    out = tmp_path / "estimator"
+    assert run(train_estimator.main, ["--vae", str(tmp_path / "none"), "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "holds no exported VAE" in lines[0], lines
+    assert not out.exists()

@@ -81,6 +81,10 @@ def test_export_sets_the_scaling_factor_and_loads_back(tmp_path):
         autoencoder.export_vae(tmp_path / "vae", CONFIG, state.params, images, steps=0)
     with pytest.raises(MagicFaceError, match="no exported VAE"):
         autoencoder.load_vae(tmp_path)
+    round_trip = autoencoder.round_trip(tmp_path / "vae", resolution=16)
+    np.testing.assert_array_equal(round_trip(images), autoencoder.reconstruct(VAE, loaded.params, images))
+    with pytest.raises(MagicFaceError, match="trained on 16² images, not 64²"):
+        autoencoder.round_trip(tmp_path / "vae", resolution=64)
 
 
 def test_a_damaged_export_is_refused_in_one_line(tmp_path):

@@ -3,8 +3,10 @@
 python -m magicface_jax.evaluation.train_estimator --resolution 64 --train-pairs 1500 --steps 2500 --out DIR
 
 The images are rendered from the spec (a pure function of resolution and seed), so no built dataset is
-needed; the test split's persons are never seen in training. Writes DIR (estimator.json with the held-out
-errors, params.msgpack) and prints the held-out errors next to a constant predictor's.
+needed; the test split's persons are never seen in training. With `--vae DIR` (a frozen VAE exported by
+`benchmarks/synthetic_vae.py`), each image's round trip through that VAE is trained on too, so that edits,
+which every VAE returns blurred, are read as the faces themselves. Writes DIR (estimator.json with the
+held-out errors, params.msgpack) and prints the held-out errors next to a constant predictor's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from magicface_jax import cli
 from magicface_jax.atomic import check_output
 from magicface_jax.data.synthetic_faces import RESOLUTIONS, SyntheticFacesSpec
 from magicface_jax.evaluation import synthetic
+from magicface_jax.training import autoencoder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         "--face-scale", type=float, default=1.0, help="the synthetic_faces world's face size in the image"
     )
     parser.add_argument("--seed", type=int, default=0, help="the synthetic_faces seed and the training seed")
+    parser.add_argument(
+        "--vae",
+        default=None,
+        help="a frozen synthetic VAE (benchmarks/synthetic_vae.py's OUT/export): train on each image's "
+        "round trip through it too",
+    )
     parser.add_argument("--out", required=True, help="new directory for the estimator")
     parser.add_argument("--overwrite", action="store_true")
     return parser
@@ -41,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    check_output(args.out, overwrite=args.overwrite, folder=True)
+    check_output(args.out, overwrite=args.overwrite, folder=True, inputs=[args.vae])
     spec = SyntheticFacesSpec(resolution=args.resolution, seed=args.seed, face_scale=args.face_scale)
+    reconstruct = None if args.vae is None else autoencoder.round_trip(args.vae, args.resolution)
     start = time.perf_counter()
     train = synthetic.labelled_images(synthetic.rendered_records(spec, "train", args.train_pairs))
     test = synthetic.labelled_images(synthetic.rendered_records(spec, "test", args.test_pairs))
@@ -51,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = synthetic.RegressorConfig(
         crop=synthetic.face_crop(args.face_scale), input_size=args.input_size, seed=args.seed
     )
-    estimator = synthetic.train_estimator(config, train, test, args.steps)
+    estimator = synthetic.train_estimator(config, train, test, args.steps, reconstruct=reconstruct)
     estimator.save(args.out, overwrite=args.overwrite)
     print(json.dumps(estimator.held_out(), indent=2))
     print(f"estimator -> {args.out}")

@@ -296,3 +296,14 @@ def load_vae(directory: str | Path) -> ExportedVAE:
     if jax.tree.map(np.shape, params) != jax.tree.map(lambda x: x.shape, unbox(abstract_vae(vae_config))):
         raise MagicFaceError(f"the parameters in {directory} do not have the layout of its {EXPORT_CONFIG}")
     return ExportedVAE(vae_config, params, steps)
+
+
+def round_trip(directory: str | Path, resolution: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The exported VAE in `directory` as a function: uint8 images -> their reconstructions, uint8. With
+    `resolution`, the VAE must have been trained at it."""
+    vae_config, params, _ = load_vae(directory)
+    if resolution is not None and vae_config.sample_size != resolution:
+        raise MagicFaceError(
+            f"the VAE in {directory} was trained on {vae_config.sample_size}² images, not {resolution}²"
+        )
+    return functools.partial(reconstruct, vae_config, params)
