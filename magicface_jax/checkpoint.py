@@ -142,7 +142,7 @@ def writing_checkpoint(
 
 class CheckpointWriter:
     def __init__(self, root: Path):
-        self.root = root
+        self.root = Path(root).absolute()  # orbax writes absolute paths only
         self.finished = False
         self.checksums: dict[str, dict[str, str]] = {}
 
@@ -209,7 +209,7 @@ def read_info(directory: str | Path) -> CheckpointInfo:
 def verify_network(directory: str | Path, name: str) -> None:
     """Refuses a network whose files are missing or do not match the manifest's checksums (for readers
     that restore the arrays themselves, such as training's restore into shards)."""
-    path = atomic.user_path(directory) / name
+    path = atomic.user_path(directory).absolute() / name  # orbax reads absolute paths only
     expected = read_info(directory).checksums[name]
     files = sorted(expected)
     _refuse_damage(path, [f"{file} is missing" for file in files if not (path / file).is_file()])
@@ -222,7 +222,7 @@ def verify_network(directory: str | Path, name: str) -> None:
 def read_params(directory: str | Path, name: str, dtype: Any = None) -> dict:
     """One network's parameters as numpy arrays (cast to `dtype` when given), its files verified against
     the manifest's checksums while orbax reads them."""
-    path = atomic.user_path(directory) / name
+    path = atomic.user_path(directory).absolute() / name  # orbax reads absolute paths only
     expected = read_info(directory).checksums[name]
     # Files the manifest does not list are ignored: orbax reads only what its own (checksummed) metadata
     # names, and a stray file (a desktop's .DS_Store) is no damage.

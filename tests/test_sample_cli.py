@@ -93,6 +93,16 @@ def test_one_edit(capsys, converted, face, tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # readable as the user's umask says
 
 
+def test_a_checkpoint_and_images_given_as_relative_paths(capsys, converted, face, tmp_path, monkeypatch):
+    """orbax reads absolute paths only: a relative --checkpoint once failed as 'convert it again'."""
+    monkeypatch.chdir(converted.parent)
+    image, background = face
+    code, _, err = call(capsys, "--checkpoint", converted.name, "--image", image, "--background", background,
+                        *STEPS, "--out", tmp_path / "edit.png", "--au", "AU12=+2")  # fmt: skip
+    assert code == 0, err
+    assert read(tmp_path / "edit.png").shape == (SIZE, SIZE, 3)
+
+
 def test_authors_flags_give_the_same_edit(capsys, converted, face, tmp_path):
     image, background = face
     ours, theirs = tmp_path / "ours.png", tmp_path / "theirs"
