@@ -36,6 +36,16 @@ PROBED_AUS = ("AU12", "AU1", "AU4", "AU5")
 PICTURE_PARTS = ("brows", "eyes", "mouth")
 
 
+def _betas(text: str) -> tuple[float, float]:
+    try:
+        b1, b2 = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected two numbers B1,B2 such as 0.5,0.9, got {text!r}"
+        ) from None
+    return b1, b2
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="benchmarks/synthetic_vae.py", description=__doc__.split("\n")[0])
     parser.add_argument("--resolution", type=int, default=64, choices=(64, 128))
@@ -45,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument(
+        "--adam-betas",
+        type=_betas,
+        default=(0.9, 0.999),
+        help="Adam's b1,b2 (default 0.9,0.999; the latent-diffusion autoencoders: 0.5,0.9)",
+    )
     parser.add_argument("--face-weight", type=float, default=1.0)
     parser.add_argument("--kl-weight", type=float, default=1e-6)
     parser.add_argument(
@@ -80,6 +97,8 @@ def _config(args) -> autoencoder.AutoencoderTrainConfig:
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        adam_betas=args.adam_betas,
         face_weight=args.face_weight,
         kl_weight=args.kl_weight,
         checkpoint_every=args.checkpoint_every,

@@ -118,8 +118,27 @@ def test_bad_settings_are_refused():
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, steps=0)
     with pytest.raises(MagicFaceError, match="grad_clip_norm must be ≥ 0"):
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, grad_clip_norm=-1.0)
+    with pytest.raises(MagicFaceError, match=r"adam_betas must be two numbers in \[0, 1\)"):
+        autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, adam_betas=(0.5, 1.0))
     with pytest.raises(MagicFaceError, match="trains at 32"):
         autoencoder.train(autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=32), _data(), "unused")
+
+
+def test_adams_moment_decays_are_the_configs():
+    """A gradient g, then −g: by hand, Adam's second step is lr · sign(g) / 19 with betas (0.9, 0.999) and
+    lr · sign(g) / 3 with (0.5, 0.9) (the bias-corrected second moment is g² in both)."""
+    import jax.numpy as jnp
+
+    params, grads = {"w": jnp.zeros(3)}, {"w": jnp.array([0.5, -2.0, 1e-3])}
+    base = autoencoder.AutoencoderTrainConfig(
+        vae=VAE, resolution=16, warmup_steps=0, weight_decay=0.0, grad_clip_norm=0.0
+    )
+    for betas, fraction in (((0.9, 0.999), 1 / 19), ((0.5, 0.9), 1 / 3)):
+        tx = autoencoder.optimizer(dataclasses.replace(base, adam_betas=betas))
+        _, state = tx.update(grads, tx.init(params), params)
+        second, _ = tx.update({"w": -grads["w"]}, state, params)
+        expected = base.learning_rate * fraction * np.sign(np.asarray(grads["w"]))
+        np.testing.assert_allclose(np.asarray(second["w"]), expected, rtol=1e-4)
 
 
 def test_gradients_are_clipped_to_the_global_norm_before_adamw():
