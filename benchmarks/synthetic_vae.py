@@ -65,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--face-weight", type=float, default=1.0)
     parser.add_argument("--kl-weight", type=float, default=1e-6)
     parser.add_argument(
-        "--face-scale", type=float, default=1.0, help="synthetic_faces' face size in the image"
+        "--face-scale",
+        type=float,
+        default=None,
+        help="synthetic_faces' face size in the image (default 1; with --measure-only, the export's)",
     )
     parser.add_argument("--pairs", type=int, default=1000, help="train pairs rendered (two images each)")
     parser.add_argument("--test-pairs", type=int, default=64)
@@ -127,7 +130,13 @@ def train_and_export(
     state = autoencoder.train(config, pool, out, log_every=25, time_limit_s=time_limit)
     seconds = time.perf_counter() - start
     autoencoder.export_vae(
-        out / "export", config, state.params, pool[0][:256], int(state.step), overwrite=True
+        out / "export",
+        config,
+        state.params,
+        pool[0][:256],
+        int(state.step),
+        overwrite=True,
+        face_scale=face_scale,
     )
     return seconds
 
@@ -137,17 +146,19 @@ def measure(
     out: Path,
     test_pairs: int,
     probe_people: int,
-    face_scale: float = 1.0,
+    face_scale: float | None = None,
     extra: dict | None = None,
     read_aus: vae_study.ReadAUs | None = None,
 ) -> dict:
-    """The exported VAE on `test_pairs` held-out pairs and the AU probes (read by the AU estimator
-    `read_aus` too, when given): the result with `extra` (also written to OUT/result.json)
-    and OUT/reconstruction.png. Both belong to the run in OUT: a rerun, which resumes the run, replaces
-    them."""
+    """The exported VAE on `test_pairs` held-out pairs and the AU probes of faces at `face_scale` (default:
+    the scale its export records, else 1), read by the AU estimator `read_aus` too, when given: the
+    result with `extra` (also written to OUT/result.json) and OUT/reconstruction.png. Both belong to the
+    run in OUT: a rerun, which resumes the run, replaces them."""
     from magicface_jax.data.synthetic_faces import synthetic_example
 
-    vae_config, params, vae_steps = autoencoder.load_vae(export)
+    vae_config, params, vae_steps, trained_scale = autoencoder.load_vae(export)
+    if face_scale is None:
+        face_scale = 1.0 if trained_scale is None else trained_scale
     resolution = vae_config.sample_size
     spec = world(resolution, face_scale)
 
@@ -172,6 +183,7 @@ def measure(
     }
     result = {
         "steps_done": vae_steps,
+        "face_scale": face_scale,
         "vae": {
             "widths": list(vae_config.block_out_channels),
             "downsample": vae_config.downsample_factor,
@@ -219,7 +231,8 @@ def main(argv=None) -> None:
     read_aus = None if args.estimator is None else SyntheticEstimator.load(args.estimator).aus
     seconds = 0.0
     if not args.measure_only:
-        seconds = train_and_export(_config(args), out, args.pairs, args.time_limit, args.face_scale)
+        face_scale = 1.0 if args.face_scale is None else args.face_scale
+        seconds = train_and_export(_config(args), out, args.pairs, args.time_limit, face_scale)
     extra = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "train_seconds_this_run": seconds}
     result = measure(
         out / "export", out, args.test_pairs, args.probe_people, args.face_scale, extra, read_aus

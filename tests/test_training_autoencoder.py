@@ -81,10 +81,15 @@ def test_export_sets_the_scaling_factor_and_loads_back(tmp_path):
         autoencoder.export_vae(tmp_path / "vae", CONFIG, state.params, images, steps=0)
     with pytest.raises(MagicFaceError, match="no exported VAE"):
         autoencoder.load_vae(tmp_path)
-    round_trip = autoencoder.round_trip(tmp_path / "vae", resolution=16)
+    assert loaded.face_scale == 1.0  # the default world's faces
+    round_trip = autoencoder.round_trip(tmp_path / "vae", resolution=16, face_scale=1.0)
     np.testing.assert_array_equal(round_trip(images), autoencoder.reconstruct(VAE, loaded.params, images))
     with pytest.raises(MagicFaceError, match="trained on 16² images, not 64²"):
         autoencoder.round_trip(tmp_path / "vae", resolution=64)
+    autoencoder.export_vae(tmp_path / "vae14", CONFIG, state.params, images, steps=0, face_scale=1.4)
+    assert autoencoder.load_vae(tmp_path / "vae14").face_scale == 1.4
+    with pytest.raises(MagicFaceError, match=r"faces at scale 1\.4, not 1: pass --face-scale 1\.4"):
+        autoencoder.round_trip(tmp_path / "vae14", face_scale=1.0)
 
 
 def test_a_damaged_export_is_refused_in_one_line(tmp_path):
@@ -192,3 +197,12 @@ def test_the_vae_study_cli_trains_measures_and_resumes_in_its_folder(tmp_path, c
     assert run(synthetic_vae.main, [*argv[:3], "4", *argv[4:]]) == 0  # more steps: resumes, measures again
     assert "resumed from step 2" in capsys.readouterr().out
     assert json.loads((out / "result.json").read_text())["steps_done"] == 4
+    # measured again alone: the faces' scale is the export's, not the default world's
+    assert (
+        run(
+            synthetic_vae.main,
+            ["--measure-only", "--test-pairs", "1", "--probe-people", "1", "--out", str(out)],
+        )
+        == 0
+    )
+    assert json.loads((out / "result.json").read_text())["face_scale"] == 1.4

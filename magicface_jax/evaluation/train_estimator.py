@@ -52,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     check_output(args.out, overwrite=args.overwrite, folder=True, inputs=[args.vae])
     spec = SyntheticFacesSpec(resolution=args.resolution, seed=args.seed, face_scale=args.face_scale)
-    reconstruct = None if args.vae is None else autoencoder.round_trip(args.vae, args.resolution)
+    reconstruct = (
+        None if args.vae is None else autoencoder.round_trip(args.vae, args.resolution, args.face_scale)
+    )
     start = time.perf_counter()
     train = synthetic.labelled_images(synthetic.rendered_records(spec, "train", args.train_pairs))
     test = synthetic.labelled_images(synthetic.rendered_records(spec, "test", args.test_pairs))

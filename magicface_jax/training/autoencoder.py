@@ -5,7 +5,7 @@ then uses as it uses Stable Diffusion's VAE (frozen; identity and background lat
     images = synthetic_images(SyntheticFacesSpec(resolution=64, seed=0), "train", 1000)  # images, masks
     state = train(config, images, "runs/vae")         # resumes from runs/vae/state if it is there
     export_vae("runs/vae/export", config, state.params, images[0][:256], int(state.step))
-    vae_config, params, steps = load_vae("runs/vae/export")
+    vae_config, params, steps, face_scale = load_vae("runs/vae/export")
 
 The loss is L1 reconstruction of the posterior sample's decode plus `kl_weight` × the KL divergence from
 N(0, 1), the reconstruction weighted by `face_weight` inside the face mask. L1, not L2: L2 averages a thin
@@ -247,6 +247,7 @@ class ExportedVAE(NamedTuple):
     config: VAEConfig  # with the measured scaling factor
     params: dict
     steps: int  # training steps behind it
+    face_scale: float | None  # the synthetic_faces face scale of its training images (None: not recorded)
 
 
 def export_vae(
@@ -256,9 +257,11 @@ def export_vae(
     images: np.ndarray,
     steps: int,
     overwrite: bool = False,
+    face_scale: float = 1.0,
 ) -> VAEConfig:
-    """Writes the frozen VAE (its config with the scaling factor measured on `images`, its parameters and
-    the number of training steps behind them) to `directory`, atomically; returns that config."""
+    """Writes the frozen VAE (its config with the scaling factor measured on `images`, its parameters, the
+    number of training steps behind them and the face scale of the synthetic faces it learnt) to
+    `directory`, atomically; returns that config."""
     import orbax.checkpoint as ocp
 
     vae_config = dataclasses.replace(
@@ -267,7 +270,12 @@ def export_vae(
         sample_size=config.resolution,
     )
     with atomic.atomic_directory(directory, overwrite, manifest=EXPORT_MANIFEST) as partial:
-        meta = {"format": EXPORT_MANIFEST.formats[0], "vae": dataclasses.asdict(vae_config), "steps": steps}
+        meta = {
+            "format": EXPORT_MANIFEST.formats[0],
+            "vae": dataclasses.asdict(vae_config),
+            "steps": steps,
+            "face_scale": face_scale,
+        }
         (partial / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
         ocp.PyTreeCheckpointer().save((partial / EXPORT_PARAMS).absolute(), jax.device_get(params))
     return vae_config
@@ -288,6 +296,7 @@ def load_vae(directory: str | Path) -> ExportedVAE:
         meta = json.loads((directory / EXPORT_CONFIG).read_text())
         vae = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()}
         vae_config, steps = VAEConfig(**vae), int(meta["steps"])
+        face_scale = None if meta.get("face_scale") is None else float(meta["face_scale"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise MagicFaceError(
             f"{directory / EXPORT_CONFIG} is damaged ({type(err).__name__}: {err}); export the VAE again"
@@ -301,15 +310,21 @@ def load_vae(directory: str | Path) -> ExportedVAE:
         ) from None
     if jax.tree.map(np.shape, params) != jax.tree.map(lambda x: x.shape, unbox(abstract_vae(vae_config))):
         raise MagicFaceError(f"the parameters in {directory} do not have the layout of its {EXPORT_CONFIG}")
-    return ExportedVAE(vae_config, params, steps)
+    return ExportedVAE(vae_config, params, steps, face_scale)
 
 
-def round_trip(directory: str | Path, resolution: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def round_trip(
+    directory: str | Path, resolution: int | None = None, face_scale: float | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """The exported VAE in `directory` as a function: uint8 images -> their reconstructions, uint8. With
-    `resolution`, the VAE must have been trained at it."""
-    vae_config, params, _ = load_vae(directory)
-    if resolution is not None and vae_config.sample_size != resolution:
+    `resolution` or `face_scale`, the VAE must have been trained on such images (where its export says)."""
+    exported = load_vae(directory)
+    trained = exported.config.sample_size
+    if resolution is not None and trained != resolution:
+        raise MagicFaceError(f"the VAE in {directory} was trained on {trained}² images, not {resolution}²")
+    if None not in (face_scale, exported.face_scale) and face_scale != exported.face_scale:
         raise MagicFaceError(
-            f"the VAE in {directory} was trained on {vae_config.sample_size}² images, not {resolution}²"
+            f"the VAE in {directory} was trained on faces at scale {exported.face_scale:g}, not "
+            f"{face_scale:g}: pass --face-scale {exported.face_scale:g} or another VAE"
         )
-    return functools.partial(reconstruct, vae_config, params)
+    return functools.partial(reconstruct, exported.config, exported.params)
