@@ -312,11 +312,15 @@ def _vae_round_trip(paths: Paths, pairs) -> np.ndarray:
 BASELINES = {"no_edit": lambda paths, pairs: pairs.sources, "vae_round_trip": _vae_round_trip}
 
 
-def au_use(paths: Paths, model: str, draws: int = 4) -> dict[str, float]:
+TIMESTEP_BANDS = ((0, 200), (200, 400), (400, 600), (600, 800), (800, 1000))
+
+
+def au_use(paths: Paths, model: str, draws: int = 4) -> dict:
     """Does the denoiser use the AU condition? Its loss on the held-out pairs' cached latents with each
     pair's true AU variation, with AU = 0 and with the variations shuffled over the pairs, on the same
     noise and timesteps (mean over `draws` draws); a model that uses the AUs has the lowest loss with the
-    true ones."""
+    true ones. Also the gain (AU = 0 minus true) within each band of `TIMESTEP_BANDS`: the AUs matter at
+    mid noise, and the whole range's mean hides a gain there under the noise of the rest."""
     import jax
     import jax.numpy as jnp
 
@@ -343,15 +347,31 @@ def au_use(paths: Paths, model: str, draws: int = 4) -> dict[str, float]:
         "AU = 0": jnp.zeros_like(batch["au_variation"]),
         "shuffled AU": batch["au_variation"][np.random.default_rng(0).permutation(len(records))],
     }
-    found = {name: [] for name in variations}
-    for k in range(draws):
-        noise = draw(objective, jax.random.key(k), len(records), batch["target_mean"].shape[1:])
-        noise["keep_au"] = jnp.ones_like(noise["keep_au"])
-        for name, au in variations.items():
-            found[name].append(np.asarray(losses({**batch, "au_variation": au}, noise)))
-    means = {name: float(np.concatenate(v).mean()) for name, v in found.items()}
-    gain = np.concatenate(found["AU = 0"]) - np.concatenate(found["true AU"])
-    return means | {"gain": float(gain.mean()), "gain_se": float(gain.std() / np.sqrt(len(gain)))}
+
+    def measured(band: tuple[int, int] | None, seed: int) -> dict[str, np.ndarray]:
+        found = {name: [] for name in variations}
+        for k in range(draws):
+            key = jax.random.key(seed + k)
+            noise = draw(objective, key, len(records), batch["target_mean"].shape[1:])
+            noise["keep_au"] = jnp.ones_like(noise["keep_au"])
+            if band is not None:
+                noise["timesteps"] = jax.random.randint(jax.random.fold_in(key, 1), (len(records),), *band)
+            for name, au in variations.items():
+                found[name].append(np.asarray(losses({**batch, "au_variation": au}, noise)))
+        return {name: np.concatenate(v) for name, v in found.items()}
+
+    def gain(found: dict[str, np.ndarray]) -> tuple[float, float]:
+        difference = found["AU = 0"] - found["true AU"]
+        return float(difference.mean()), float(difference.std() / np.sqrt(len(difference)))
+
+    whole = measured(None, 0)
+    mean, se = gain(whole)
+    bands = {band: gain(measured(band, 1000 * (i + 1))) for i, band in enumerate(TIMESTEP_BANDS)}
+    return {name: float(v.mean()) for name, v in whole.items()} | {
+        "gain": mean,
+        "gain_se": se,
+        "bands": bands,
+    }
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -429,10 +449,11 @@ class Report:
 
     def au_use_row(self, model: str) -> str:
         if _trained_steps(self.paths.model(model) / "export") < 0:
-            return f"| {model} | not trained yet | | | |"
+            return f"| {model} | not trained yet |" + " |" * (3 + len(TIMESTEP_BANDS))
         u = au_use(self.paths, model)
         cells = " | ".join(f"{u[k]:.5f}" for k in ("true AU", "AU = 0", "shuffled AU"))
-        return f"| {model} | {cells} | {u['gain']:+.5f} ± {u['gain_se']:.5f} |"
+        bands = " | ".join(f"{g * 1e5:+.1f} ± {se * 1e5:.1f}" for g, se in u["bands"].values())
+        return f"| {model} | {cells} | {u['gain']:+.5f} ± {u['gain_se']:.5f} | {bands} |"
 
     def steps_table(self) -> tuple[list[str], list[Setting]]:
         """Each setting of the steps study against the reference: the difference of every metric with its
@@ -573,8 +594,10 @@ def stage_report(paths: Paths, args) -> None:
         "",
         "## Does the denoiser use the AUs? Held-out loss (cached latents, the same noise and timesteps)",
         "",
-        "| model | true AU | AU = 0 | shuffled AU | AU = 0 minus true |",
-        "|---|---|---|---|---|",
+        "| model | true AU | AU = 0 | shuffled AU | AU = 0 minus true | "
+        + " | ".join(f"the same, t {lo}–{hi - 1} (×1e-5)" for lo, hi in TIMESTEP_BANDS)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(TIMESTEP_BANDS),
         *(report.au_use_row(model) for model in MODELS),
         "",
         "## Sampling steps (guidance 3): differences from UniPC at 50 steps (negative: better)",
