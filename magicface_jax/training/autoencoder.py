@@ -60,8 +60,7 @@ class AutoencoderTrainConfig:
     learning_rate: float = 2e-3  # AdamW peak, after a linear warmup, then cosine decay to 10 %
     warmup_steps: int = 100
     weight_decay: float = 1e-4
-    # Adam's moment decays. The latent-diffusion autoencoders (SD's VAE among them) train with (0.5, 0.9):
-    # a shorter memory, for a loss whose gradients shift as the encoder's latents grow.
+    # Adam's moment decays; the latent-diffusion autoencoders (SD's VAE among them) train with (0.5, 0.9).
     adam_betas: tuple[float, float] = (0.9, 0.999)
     # The global gradient norm is clipped to this (0: no clipping). Without it a VAE of the replication
     # diverged at step 1,400 of 2,000 (KL 3e3 -> 3e6, L1 0.13 -> 0.69) at learning rate 2e-3.
