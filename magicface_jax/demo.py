@@ -115,9 +115,10 @@ def write_demo_assets(
     info = checkpoint.read_info(export)
     found = None if estimator is None else SyntheticEstimator.load(estimator)
     outputs = (model_dir, faces_dir) if found is None else (model_dir, faces_dir, estimator_dir)
-    inputs = [export] if estimator is None else [export, estimator]
-    for directory in outputs:
-        atomic.check_output(directory, inputs, overwrite=True, folder=True, manifest=ASSETS_MANIFEST)
+    for directory in outputs:  # check_output skips an input of None
+        atomic.check_output(
+            directory, [export, estimator], overwrite=True, folder=True, manifest=ASSETS_MANIFEST
+        )
     # Provenance without the paths of the machine that trained it.
     source = {k: v for k, v in info.source.items() if not k.endswith("checkpoint")}
     source |= {
