@@ -65,6 +65,31 @@ def test_an_interrupted_run_resumes_to_the_same_parameters(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_step_with_an_exploding_gradient_leaves_the_weights_and_moments():
+    images, masks = _data()
+    batch = (autoencoder.to_model_input(images[:4]), np.ones(masks[:4].shape, np.float32))
+
+    def one_step(config, images):
+        config = dataclasses.replace(config, warmup_steps=0)  # a first step at the full learning rate
+        state = autoencoder.init_state(config)
+        before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+        new, metrics = autoencoder.make_train_step(config)(state, images, batch[1])
+        return before, jax.tree.map(np.asarray, (new.params, new.opt_state)), metrics
+
+    def leaves_equal(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+    # Every real gradient is above a threshold of 1e-6: the step is skipped; without a threshold it is not.
+    before, after, metrics = one_step(dataclasses.replace(CONFIG, skip_grad_norm=1e-6), batch[0])
+    assert int(metrics["skipped"]) == 1 and float(metrics["grad_norm"]) > 1e-6
+    assert leaves_equal(before, after)
+    before, after, metrics = one_step(dataclasses.replace(CONFIG, skip_grad_norm=0.0), batch[0])
+    assert int(metrics["skipped"]) == 0 and not leaves_equal(before[0], after[0])
+    # A batch that makes the loss not finite is skipped at the default threshold.
+    before, after, metrics = one_step(CONFIG, np.full_like(batch[0], np.nan))
+    assert int(metrics["skipped"]) == 1 and leaves_equal(before, after)
+
+
 def test_export_sets_the_scaling_factor_and_loads_back(tmp_path):
     images, _ = _data()
     state = autoencoder.init_state(CONFIG)
@@ -121,8 +146,10 @@ def test_bad_settings_are_refused():
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=17)
     with pytest.raises(MagicFaceError, match="≥ 1"):
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, steps=0)
-    with pytest.raises(MagicFaceError, match="grad_clip_norm must be ≥ 0"):
+    with pytest.raises(MagicFaceError, match="grad_clip_norm and skip_grad_norm must be ≥ 0"):
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, grad_clip_norm=-1.0)
+    with pytest.raises(MagicFaceError, match="grad_clip_norm and skip_grad_norm must be ≥ 0"):
+        autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, skip_grad_norm=-1.0)
     with pytest.raises(MagicFaceError, match=r"adam_betas must be two numbers in \[0, 1\)"):
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, adam_betas=(0.5, 1.0))
     with pytest.raises(MagicFaceError, match="trains at 32"):

@@ -65,6 +65,11 @@ class AutoencoderTrainConfig:
     # The global gradient norm is clipped to this (0: no clipping). Without it a VAE of the replication
     # diverged at step 1,400 of 2,000 (KL 3e3 -> 3e6, L1 0.13 -> 0.69) at learning rate 2e-3.
     grad_clip_norm: float = 1.0
+    # A step whose gradient norm (before clipping) is above this, or not finite, leaves the weights and
+    # Adam's moments as they were (0: never skip). Clipping alone did not save the replication's VAE: at
+    # step 3,575 of 4,000 one batch gave a norm of 4e3 (KL 6e10), and Adam's normalised step, clipped
+    # gradient or not, wrecked it (L1 0.10 -> 0.42). Normal steps stay under 2.
+    skip_grad_norm: float = 100.0
     kl_weight: float = 1e-6
     face_weight: float = 1.0  # weight of a face pixel's reconstruction error relative to the rest
     checkpoint_every: int = 500
@@ -78,8 +83,17 @@ class AutoencoderTrainConfig:
             )
         if min(self.steps, self.batch_size, self.checkpoint_every) < 1 or self.warmup_steps < 0:
             raise MagicFaceError("steps, batch_size and checkpoint_every must be ≥ 1, warmup_steps ≥ 0")
-        if min(self.learning_rate, self.kl_weight, self.face_weight, self.grad_clip_norm) < 0:
-            raise MagicFaceError("learning_rate, kl_weight, face_weight and grad_clip_norm must be ≥ 0")
+        settings = (
+            self.learning_rate,
+            self.kl_weight,
+            self.face_weight,
+            self.grad_clip_norm,
+            self.skip_grad_norm,
+        )
+        if min(settings) < 0:
+            raise MagicFaceError(
+                "learning_rate, kl_weight, face_weight, grad_clip_norm and skip_grad_norm must be ≥ 0"
+            )
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise MagicFaceError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
 
@@ -131,8 +145,15 @@ def make_train_step(config: AutoencoderTrainConfig) -> Callable:
         (loss, metrics), grads = grad_fn(model, state.params, images, weights, sample_rng, config.kl_weight)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
+        skip = ~jnp.isfinite(grad_norm)
+        if config.skip_grad_norm:
+            skip |= grad_norm > config.skip_grad_norm
+        params, opt_state = jax.tree.map(
+            lambda old, new: jnp.where(skip, old, new), (state.params, state.opt_state), (params, opt_state)
+        )
         new = TrainState(state.step + 1, params, opt_state, jax.random.key_data(rng))
-        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+        return new, {"loss": loss, "grad_norm": grad_norm, "skipped": skip.astype(jnp.int32), **metrics}
 
     return jax.jit(step, donate_argnums=0)
 
@@ -191,6 +212,8 @@ def train(
         batch = np.random.default_rng([config.seed, step]).integers(len(images), size=config.batch_size)
         state, metrics = step_fn(state, to_model_input(images[batch]), weights[batch])
         done = step + 1
+        if metrics["skipped"]:
+            log(f"step {done}: skipped, gradient norm {float(metrics['grad_norm']):.3g}")
         if done % log_every == 0 or done == config.steps:
             values = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
             log(f"step {done}: {values} ({time.perf_counter() - start:.0f} s)")
