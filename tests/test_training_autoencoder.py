@@ -90,6 +90,19 @@ def test_a_step_with_an_exploding_gradient_leaves_the_weights_and_moments():
     assert int(metrics["skipped"]) == 1 and leaves_equal(before, after)
 
 
+@pytest.mark.slow
+def test_a_run_whose_steps_are_all_skipped_stops_and_keeps_its_last_checkpoint(tmp_path):
+    data = _data()
+    autoencoder.train(dataclasses.replace(CONFIG, steps=2), data, tmp_path / "run", log=_silent)
+    # Every gradient is above a threshold of 1e-6: the weights have "diverged" from step 3 on.
+    diverging = dataclasses.replace(CONFIG, steps=20, checkpoint_every=4, skip_grad_norm=1e-6)
+    log = []
+    with pytest.raises(MagicFaceError, match=r"diverged: steps 3-12 .* last checkpoint \(step 2\) is kept"):
+        autoencoder.train(diverging, data, tmp_path / "run", log=log.append)
+    assert "step 3: skipped" in log[1]
+    assert sorted(p.name for p in (tmp_path / "run" / autoencoder.STATE_DIR).iterdir()) == ["2"]
+
+
 def test_export_sets_the_scaling_factor_and_loads_back(tmp_path):
     images, _ = _data()
     state = autoencoder.init_state(CONFIG)

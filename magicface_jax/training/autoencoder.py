@@ -40,6 +40,7 @@ from magicface_jax.models.magicface import abstract_vae, init_vae, unbox
 from magicface_jax.models.vae import AutoencoderKL, sample_posterior
 
 STATE_DIR = "state"
+DIVERGED_AFTER_SKIPS = 10  # skipped steps in a row that stop a run
 EXPORT_CONFIG = "vae.json"
 # vae.json also marks the folder as an export, which a later export of the same run may replace.
 EXPORT_MANIFEST = atomic.Manifest(EXPORT_CONFIG, ("magicface-jax/vae-export-1",))
@@ -207,18 +208,28 @@ def train(
         log(f"resumed from step {int(state.step)}")
     step_fn = make_train_step(config)
     weights = np.where(masks, np.float32(config.face_weight), np.float32(1.0))
-    start = time.perf_counter()
+    start, skipped_in_a_row = time.perf_counter(), 0
     for step in range(int(state.step), config.steps):
         batch = np.random.default_rng([config.seed, step]).integers(len(images), size=config.batch_size)
         state, metrics = step_fn(state, to_model_input(images[batch]), weights[batch])
         done = step + 1
-        if metrics["skipped"]:
+        skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
+        if skipped_in_a_row:
             log(f"step {done}: skipped, gradient norm {float(metrics['grad_norm']):.3g}")
+        if skipped_in_a_row == DIVERGED_AFTER_SKIPS:
+            # Not a bad batch but weights gone bad: stop before a checkpoint replaces the last good one.
+            manager.wait_until_finished()
+            raise MagicFaceError(
+                f"the VAE diverged: steps {done - DIVERGED_AFTER_SKIPS + 1}-{done} all had a gradient norm "
+                f"above {config.skip_grad_norm:g}; its last checkpoint (step {manager.latest_step()}) is "
+                "kept: resume from it with a lower learning rate"
+            )
         if done % log_every == 0 or done == config.steps:
             values = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
             log(f"step {done}: {values} ({time.perf_counter() - start:.0f} s)")
         out_of_time = time_limit_s is not None and time.perf_counter() - start > time_limit_s
-        if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
+        due = done % config.checkpoint_every == 0 or done == config.steps or out_of_time
+        if due and not skipped_in_a_row:  # weights that fail now are not saved over good ones
             manager.save(done, args=ocp.args.StandardSave(state))
         if out_of_time:
             log(f"stopped at step {done} after {time_limit_s:.0f} s; the same call continues from there")
