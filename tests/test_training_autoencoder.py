@@ -101,6 +101,8 @@ def test_a_run_whose_steps_are_all_skipped_stops_and_keeps_its_last_checkpoint(t
         autoencoder.train(diverging, data, tmp_path / "run", log=log.append)
     assert "step 3: skipped" in log[1]
     assert sorted(p.name for p in (tmp_path / "run" / autoencoder.STATE_DIR).iterdir()) == ["2"]
+    with pytest.raises(MagicFaceError, match=r"diverged: steps 1-10 .* it wrote no checkpoint: train again"):
+        autoencoder.train(diverging, data, tmp_path / "fresh", log=_silent)
 
 
 def test_export_sets_the_scaling_factor_and_loads_back(tmp_path):

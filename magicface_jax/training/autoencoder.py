@@ -67,9 +67,9 @@ class AutoencoderTrainConfig:
     # diverged at step 1,400 of 2,000 (KL 3e3 -> 3e6, L1 0.13 -> 0.69) at learning rate 2e-3.
     grad_clip_norm: float = 1.0
     # A step whose gradient norm (before clipping) is above this, or not finite, leaves the weights and
-    # Adam's moments as they were (0: never skip). Clipping alone did not save the replication's VAE: at
-    # step 3,575 of 4,000 one batch gave a norm of 4e3 (KL 6e10), and Adam's normalised step, clipped
-    # gradient or not, wrecked it (L1 0.10 -> 0.42). Normal steps stay under 2.
+    # Adam's moments as they were (0: never skip): a single bad batch passes. Normal steps stay under 2.
+    # Clipping did not save a replication VAE whose weights went bad between steps 3,550 and 3,566 of
+    # 4,000 (norms 0.4, then 5e2-3e4; KL 6e10 at 3,575): `train` then stops after DIVERGED_AFTER_SKIPS.
     skip_grad_norm: float = 100.0
     kl_weight: float = 1e-6
     face_weight: float = 1.0  # weight of a face pixel's reconstruction error relative to the rest
@@ -221,8 +221,13 @@ def train(
             manager.wait_until_finished()
             raise MagicFaceError(
                 f"the VAE diverged: steps {done - DIVERGED_AFTER_SKIPS + 1}-{done} all had a gradient norm "
-                f"above {config.skip_grad_norm:g}; its last checkpoint (step {manager.latest_step()}) is "
-                "kept: resume from it with a lower learning rate"
+                f"above {config.skip_grad_norm:g}; "
+                + (
+                    "it wrote no checkpoint: train again with a lower learning rate"
+                    if manager.latest_step() is None
+                    else f"its last checkpoint (step {manager.latest_step()}) is kept: resume from it with a "
+                    "lower learning rate"
+                )
             )
         if done % log_every == 0 or done == config.steps:
             values = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
