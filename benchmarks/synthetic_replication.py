@@ -204,13 +204,19 @@ def stage_vae(paths: Paths, args) -> None:
     if _exported_steps(paths.vae / "export") < VAE.steps:
         print("vae: training")
         synthetic_vae.train_and_export(VAE, paths.vae, VAE_PAIRS, face_scale=FACE_SCALE)
-    if not _done(paths.vae / "result.json", "vae report"):
-        synthetic_vae.measure(
+    report = paths.vae / "result.json"
+    result = json.loads(report.read_text()) if report.exists() else {}
+    if "posterior_by_channel" not in result:  # not measured yet, or before the channels were
+        print("vae report: measuring")
+        result = synthetic_vae.measure(
             paths.vae / "export", paths.vae, test_pairs=16, probe_people=8, face_scale=FACE_SCALE
         )
-    result = json.loads((paths.vae / "result.json").read_text())
     kept = ", ".join(f"{au} {r['kept']:.2f}" for au, r in result["au_change_vs_vae_error_255"].items())
-    print(f"vae: face-box RMSE {result['face_box_rmse_01']:.4f}; AU change kept: {kept}")
+    collapsed = [c for c, channel in enumerate(result["posterior_by_channel"]) if channel["collapsed"]]
+    print(
+        f"vae: face-box RMSE {result['face_box_rmse_01']:.4f}; AU change kept: {kept}; latent channels "
+        f"collapsed to the prior: {collapsed or 'none'}"
+    )
 
 
 def stage_latents(paths: Paths, args) -> None:

@@ -193,6 +193,7 @@ def measure(
         "face_box_rmse_01": vae_study.part_rmse(test, recons, landmarks, "face"),
         "mean_abs_error_255": errors,
         "au_change_vs_vae_error_255": aus,
+        "posterior_by_channel": autoencoder.latent_channels(vae_config, params, test),
         **(extra or {}),
     }
     with atomic_file(out / "result.json", overwrite=True) as partial:

@@ -137,6 +137,30 @@ def test_remat_gives_the_same_gradients_with_less_memory():
     assert results["full"][1] <= results["block"][1]
 
 
+def test_the_target_is_the_posterior_mean_unless_sampled():
+    """`train.sample_posterior` false trains on the target's posterior mean: the posterior draw no longer
+    changes the loss, and the loss is the one of a posterior whose variance is zero."""
+    mesh = training_mesh(1, 1, 1, devices=jax.devices()[:1])
+    rng = np.random.default_rng(0)
+    keys = ("identity_latents", "background_latents", "target_mean", "target_logvar")
+    batch = {key: rng.standard_normal((2, 16, 16, 4)).astype(np.float32) for key in keys}
+    batch["au_variation"] = rng.standard_normal((2, 12)).astype(np.float32)
+    certain = {**batch, "target_logvar": np.full_like(batch["target_logvar"], -np.inf)}
+
+    def losses(sample_posterior, batch, posterior_seed):
+        run = nano_run("unused", train__batch_size=2, train__sample_posterior=sample_posterior)
+        trainer = make_trainer(run, mesh, load_start(run, mesh))
+        draws = draw(trainer.objective, jax.random.key(0), 2, (16, 16, 4))
+        draws["posterior_noise"] = jax.random.normal(jax.random.key(posterior_seed), (2, 16, 16, 4))
+        networks = trainer.start.networks
+        return np.asarray(example_losses(trainer.objective, networks, batch, draws, trainer.prompt_embeds))
+
+    mean = losses(False, batch, 1)
+    np.testing.assert_array_equal(losses(False, batch, 2), mean)
+    np.testing.assert_allclose(losses(True, certain, 1), mean, rtol=1e-6)
+    assert not np.allclose(losses(True, batch, 1), losses(True, batch, 2))
+
+
 def test_learning_rate_schedule_warms_up_then_decays():
     from magicface_jax.training.state import learning_rate_schedule
 

@@ -105,6 +105,24 @@ def test_a_run_whose_steps_are_all_skipped_stops_and_keeps_its_last_checkpoint(t
         autoencoder.train(diverging, data, tmp_path / "fresh", log=_silent)
 
 
+def test_latent_channels_find_a_channel_collapsed_to_the_prior():
+    images, _ = _data()
+    params = jax.tree.map(np.array, autoencoder.init_state(CONFIG).params)
+    kernel, bias = params["quant_conv"]["kernel"], params["quant_conv"]["bias"]
+    channels = VAE.latent_channels
+    kernel[..., [0, channels]] = 0.0  # channel 0: mean 0 and log-variance 0 for every image, the prior
+    bias[[0, channels]] = 0.0
+    kernel[..., channels + 1] = 0.0  # channel 1: a posterior variance of e^-20
+    bias[channels + 1] = -20.0
+    found = autoencoder.latent_channels(VAE, params, images)
+    scale = VAE.scaling_factor
+    assert len(found) == channels
+    assert found[0]["signal"] == 0.0 and found[0]["collapsed"]
+    assert found[0]["noise"] == pytest.approx(scale**2, rel=1e-6)
+    assert found[1]["noise"] == pytest.approx(scale**2 * np.exp(-20.0), rel=1e-4)
+    assert found[1]["signal"] > 0.0 and not found[1]["collapsed"]
+
+
 def test_export_sets_the_scaling_factor_and_loads_back(tmp_path):
     images, _ = _data()
     state = autoencoder.init_state(CONFIG)

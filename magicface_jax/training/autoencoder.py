@@ -270,6 +270,29 @@ def encode(vae_config: VAEConfig, params, images: np.ndarray, batch: int = 32) -
     return _batched(_encoder(vae_config), params, images, batch)
 
 
+@functools.cache
+def _posterior(vae_config: VAEConfig):
+    model = AutoencoderKL(vae_config)
+    encode = functools.partial(model.apply, method=AutoencoderKL.encode)
+    return jax.jit(lambda params, x: jnp.concatenate(encode({"params": params}, x), axis=-1))
+
+
+def latent_channels(vae_config: VAEConfig, params, images: np.ndarray, batch: int = 32) -> list[dict]:
+    """Per latent channel of uint8 `images`, in scaled units (× `vae_config.scaling_factor`): the variance
+    of the posterior means over images and positions (`signal`), the mean posterior variance (`noise`),
+    and `collapsed` when the noise is the larger: the KL term has pulled that channel to the prior, so it
+    carries next to nothing and a posterior sample of it is noise a denoiser cannot predict."""
+    moments = _batched(_posterior(vae_config), params, images, batch)
+    mean, logvar = np.split(moments, 2, axis=-1)
+    scale = vae_config.scaling_factor
+    channels = []
+    for c in range(mean.shape[-1]):
+        signal = float((mean[..., c] * scale).var())
+        noise = float((np.exp(logvar[..., c]) * scale**2).mean())
+        channels.append({"signal": signal, "noise": noise, "collapsed": noise > signal})
+    return channels
+
+
 def reconstruct(vae_config: VAEConfig, params, images: np.ndarray, batch: int = 32) -> np.ndarray:
     """uint8 images (N, S, S, 3) -> their reconstructions through the posterior mean, uint8."""
     out = _batched(_autoencoder(vae_config), params, images, batch)

@@ -91,6 +91,9 @@ class TrainSettings:
     prediction_type: str = "epsilon"
     min_snr_gamma: float = 0.0  # > 0: min-SNR-γ loss weighting
     train_identity_features: bool = True  # false: the denoiser trains with zeroed identity features
+    # A small VAE trained with a tiny KL weight can have a posterior noise larger than what an AU changes in
+    # the latents: noise in the target the denoiser cannot predict (docs/evaluation.md).
+    sample_posterior: bool = True  # the target latents: a posterior sample (SD's scripts); false: its mean
 
     def check(self) -> None:
         _at_least("train.steps", self.steps, 1)

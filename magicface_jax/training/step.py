@@ -1,12 +1,12 @@
 """The training objective and the train step, as pure functions of the state, the frozen networks and a
 batch.
 
-The objective is the paper's: the target image's latents (a sample of the VAE posterior, times the
-scaling factor) are noised on the DDPM schedule at a uniform timestep; the identity and background
-latents are the unscaled posterior means, exactly as at inference; the denoiser, attending to the
-identity encoder's features of the identity latents, predicts the noise (or v); the loss is the MSE,
-optionally min-SNR-γ weighted. With probability `au_dropout` an example's AU vector is zeroed, which is
-what AU guidance contrasts at sampling.
+The objective is the paper's: the target image's latents (a sample of the VAE posterior, or its mean
+with `train.sample_posterior` false, times the scaling factor) are noised on the DDPM schedule at a
+uniform timestep; the identity and background latents are the unscaled posterior means, exactly as at
+inference; the denoiser, attending to the identity encoder's features of the identity latents, predicts
+the noise (or v); the loss is the MSE, optionally min-SNR-γ weighted. With probability `au_dropout` an
+example's AU vector is zeroed, which is what AU guidance contrasts at sampling.
 
 All random draws of a step are made for the whole global batch from `fold_in(key, step)` before it is
 split into micro-batches, so a step computes the same update on any mesh and for any number of
@@ -77,8 +77,10 @@ def example_losses(
     """The per-example loss (B,) of a micro-batch. `params` holds all three networks."""
     model, schedule, settings = objective.model, objective.schedule, objective.settings
     latents = latents_of(objective, params["vae"], batch)
-    std = jnp.exp(0.5 * latents["target_logvar"])
-    x0 = (latents["target_mean"] + std * draws["posterior_noise"]) * model.config.vae.scaling_factor
+    x0 = latents["target_mean"]
+    if settings.sample_posterior:
+        x0 = x0 + jnp.exp(0.5 * latents["target_logvar"]) * draws["posterior_noise"]
+    x0 = x0 * model.config.vae.scaling_factor
     t = draws["timesteps"]
     noisy = add_noise(schedule, x0, draws["noise"], t)
     au = batch["au_variation"] * draws["keep_au"][:, None].astype(jnp.float32)
