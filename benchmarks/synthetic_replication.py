@@ -341,8 +341,9 @@ def au_use(paths: Paths, model: str, draws: int = 4) -> dict:
     info = checkpoint.read_info(export)
     params = {name: checkpoint.read_params(export, name) for name in COMPONENTS}
     prompt = jnp.asarray(checkpoint.read_prompt_embeds(export))
-    objective = Objective(
-        MagicFace(info.config), NoiseSchedule.from_diffusers(info.scheduler), TrainSettings()
+    trained = json.loads((paths.model(model) / "run_config.json").read_text())["train"]
+    objective = Objective(  # the objective the model was trained with (its target latents, its prediction)
+        MagicFace(info.config), NoiseSchedule.from_diffusers(info.scheduler), TrainSettings(**trained)
     )
     cache = LatentCache.open(paths.latents, "test")
     records = [cache[i] for i in range(len(cache))]
