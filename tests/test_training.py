@@ -147,13 +147,16 @@ def test_the_target_is_the_posterior_mean_unless_sampled():
     batch["au_variation"] = rng.standard_normal((2, 12)).astype(np.float32)
     certain = {**batch, "target_logvar": np.full_like(batch["target_logvar"], -np.inf)}
 
+    run = nano_run("unused", train__batch_size=2)
+    trainer = make_trainer(run, mesh, load_start(run, mesh))  # one trainer: only the setting changes
+
     def losses(sample_posterior, batch, posterior_seed):
-        run = nano_run("unused", train__batch_size=2, train__sample_posterior=sample_posterior)
-        trainer = make_trainer(run, mesh, load_start(run, mesh))
-        draws = draw(trainer.objective, jax.random.key(0), 2, (16, 16, 4))
+        settings = dataclasses.replace(trainer.objective.settings, sample_posterior=sample_posterior)
+        objective = dataclasses.replace(trainer.objective, settings=settings)
+        draws = draw(objective, jax.random.key(0), 2, (16, 16, 4))
         draws["posterior_noise"] = jax.random.normal(jax.random.key(posterior_seed), (2, 16, 16, 4))
         networks = trainer.start.networks
-        return np.asarray(example_losses(trainer.objective, networks, batch, draws, trainer.prompt_embeds))
+        return np.asarray(example_losses(objective, networks, batch, draws, trainer.prompt_embeds))
 
     mean = losses(False, batch, 1)
     np.testing.assert_array_equal(losses(False, batch, 2), mean)
