@@ -176,6 +176,28 @@ def test_learning_rate_schedule_warms_up_then_decays():
     assert float(schedule(110)) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_the_au_embedding_lr_factor_scales_only_the_au_linears_steps():
+    from magicface_jax.training.state import make_optimizer
+
+    run = nano_run("unused")
+    mesh = training_mesh(1, 1, 1, devices=jax.devices()[:1])
+    params = {name: load_start(run, mesh).networks[name] for name in ("identity_encoder", "denoiser")}
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def first_update(factor):
+        settings = dataclasses.replace(run.optimizer, au_embedding_lr_factor=factor, weight_decay=0.0)
+        optimizer = make_optimizer(settings, run.train.steps)
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        return jax.device_get(updates)
+
+    plain, scaled = first_update(1.0), first_update(10.0)
+    au = scaled["denoiser"].pop("au_aug_mlp")
+    for name in au:
+        np.testing.assert_allclose(au[name], 10 * plain["denoiser"]["au_aug_mlp"][name], rtol=1e-6)
+    del plain["denoiser"]["au_aug_mlp"]
+    jax.tree.map(np.testing.assert_array_equal, scaled, plain)
+
+
 def test_random_start_is_like_an_sd_start():
     run = nano_run("unused")
     mesh = training_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -271,6 +293,7 @@ def test_config_overrides_are_typed(tmp_path):
         (["train.steps.x=1"], "train.steps is a value"),
         (["output_dir="], "output_dir is not set"),
         (["nonsense"], "is not of the form dotted.key=value"),
+        (["optimizer.au_embedding_lr_factor=0"], "optimizer.au_embedding_lr_factor=0.0: expected > 0"),
     ],
 )
 def test_bad_configs_are_refused_naming_the_key(tmp_path, overrides, message):

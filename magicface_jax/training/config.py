@@ -122,6 +122,9 @@ class OptimizerSettings:
     weight_decay: float = 1e-2
     grad_clip_norm: float = 1.0  # 0: no clipping
     ema_decay: float = 0.9999  # 0: no EMA (the export then takes the raw weights)
+    au_embedding_lr_factor: float = (
+        1.0  # the AU linear's step size as a multiple of the others' (its gradient is mostly noise)
+    )
 
     def check(self) -> None:
         if not self.learning_rate > 0:
@@ -131,6 +134,10 @@ class OptimizerSettings:
         _at_least("optimizer.grad_clip_norm", self.grad_clip_norm, 0)
         if not 0 <= self.ema_decay < 1:
             raise MagicFaceError(f"optimizer.ema_decay={self.ema_decay}: expected a value in [0, 1)")
+        if not self.au_embedding_lr_factor > 0:
+            raise MagicFaceError(
+                f"optimizer.au_embedding_lr_factor={self.au_embedding_lr_factor}: expected > 0 (1: no change)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from magicface_jax.config import MagicFaceConfig
+from magicface_jax.config import AU_EMBED_NAME, MagicFaceConfig
 from magicface_jax.models.magicface import Params, abstract_params
 from magicface_jax.parallel.rules import Rules, param_shardings
 from magicface_jax.training.config import OptimizerSettings, RunConfig
@@ -67,7 +67,20 @@ def make_optimizer(settings: OptimizerSettings, steps: int) -> optax.GradientTra
             weight_decay=settings.weight_decay,
         )
     )
+    if settings.au_embedding_lr_factor != 1:
+        parts.append(optax.masked(optax.scale(settings.au_embedding_lr_factor), _au_embedding_mask))
     return optax.chain(*parts)
+
+
+def _au_embedding_mask(params: dict[str, Params]) -> dict[str, Params]:
+    """True at the leaves of the denoiser's AU linear. Its gradient is mostly noise (docs/training.md): at
+    one step size for all, Adam moves it too little for the AUs to be used within a short run."""
+
+    def inside(path, _) -> bool:
+        keys = [getattr(k, "key", None) for k in path]
+        return keys[:1] == ["denoiser"] and AU_EMBED_NAME in keys
+
+    return jax.tree_util.tree_map_with_path(inside, params)
 
 
 def ema_decay(decay: float, step: jax.Array) -> jax.Array:
