@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from benchmarks import synthetic_vae
+from benchmarks.denoiser_diagnostics import TIMESTEP_BANDS, au_use
 from magicface_jax import cli
 from magicface_jax.atomic import atomic_file
 from magicface_jax.errors import MagicFaceError
@@ -318,69 +319,6 @@ def _vae_round_trip(paths: Paths, pairs) -> np.ndarray:
 BASELINES = {"no_edit": lambda paths, pairs: pairs.sources, "vae_round_trip": _vae_round_trip}
 
 
-TIMESTEP_BANDS = ((0, 200), (200, 400), (400, 600), (600, 800), (800, 1000))
-
-
-def au_use(paths: Paths, model: str, draws: int = 4) -> dict:
-    """Does the denoiser use the AU condition? Its loss on the held-out pairs' cached latents with each
-    pair's true AU variation, with AU = 0 and with the variations shuffled over the pairs, on the same
-    noise and timesteps (mean over `draws` draws); a model that uses the AUs has the lowest loss with the
-    true ones. Also the gain (AU = 0 minus true) within each band of `TIMESTEP_BANDS`: the AUs matter at
-    mid noise, and the whole range's mean hides a gain there under the noise of the rest."""
-    import jax
-    import jax.numpy as jnp
-
-    from magicface_jax import checkpoint
-    from magicface_jax.diffusion import NoiseSchedule
-    from magicface_jax.models.magicface import COMPONENTS, MagicFace
-    from magicface_jax.training.config import TrainSettings
-    from magicface_jax.training.latent_cache import LatentCache
-    from magicface_jax.training.step import Objective, draw, example_losses
-
-    export = paths.model(model) / "export"
-    info = checkpoint.read_info(export)
-    params = {name: checkpoint.read_params(export, name) for name in COMPONENTS}
-    prompt = jnp.asarray(checkpoint.read_prompt_embeds(export))
-    trained = json.loads((paths.model(model) / "run_config.json").read_text())["train"]
-    objective = Objective(  # the objective the model was trained with (its target latents, its prediction)
-        MagicFace(info.config), NoiseSchedule.from_diffusers(info.scheduler), TrainSettings(**trained)
-    )
-    cache = LatentCache.open(paths.latents, "test")
-    records = [cache[i] for i in range(len(cache))]
-    batch = {k: jnp.asarray(np.stack([r[k] for r in records])) for k in records[0] if k != "index"}
-    losses = jax.jit(lambda b, d: example_losses(objective, params, b, d, prompt))
-    variations = {
-        "true AU": batch["au_variation"],
-        "AU = 0": jnp.zeros_like(batch["au_variation"]),
-        "shuffled AU": batch["au_variation"][np.random.default_rng(0).permutation(len(records))],
-    }
-
-    def measured(band: tuple[int, int] | None, seed: int) -> dict[str, np.ndarray]:
-        found = {name: [] for name in variations}
-        for k in range(draws):
-            key = jax.random.key(seed + k)
-            noise = draw(objective, key, len(records), batch["target_mean"].shape[1:])
-            noise["keep_au"] = jnp.ones_like(noise["keep_au"])
-            if band is not None:
-                noise["timesteps"] = jax.random.randint(jax.random.fold_in(key, 1), (len(records),), *band)
-            for name, au in variations.items():
-                found[name].append(np.asarray(losses({**batch, "au_variation": au}, noise)))
-        return {name: np.concatenate(v) for name, v in found.items()}
-
-    def gain(found: dict[str, np.ndarray]) -> tuple[float, float]:
-        difference = found["AU = 0"] - found["true AU"]
-        return float(difference.mean()), float(difference.std() / np.sqrt(len(difference)))
-
-    whole = measured(None, 0)
-    mean, se = gain(whole)
-    bands = {band: gain(measured(band, 1000 * (i + 1))) for i, band in enumerate(TIMESTEP_BANDS)}
-    return {name: float(v.mean()) for name, v in whole.items()} | {
-        "gain": mean,
-        "gain_se": se,
-        "bands": bands,
-    }
-
-
 def _write_json(path: Path, data: dict) -> None:
     with atomic_file(path) as partial:
         partial.write_text(json.dumps(data, indent=1))
@@ -457,7 +395,7 @@ class Report:
     def au_use_row(self, model: str) -> str:
         if _trained_steps(self.paths.model(model) / "export") < 0:
             return f"| {model} | not trained yet |" + " |" * (3 + len(TIMESTEP_BANDS))
-        u = au_use(self.paths, model)
+        u = au_use(self.paths.model(model), self.paths.latents)
         cells = " | ".join(f"{u[k]:.5f}" for k in ("true AU", "AU = 0", "shuffled AU"))
         bands = " | ".join(f"{g * 1e5:+.1f} ± {se * 1e5:.1f}" for g, se in u["bands"].values())
         return f"| {model} | {cells} | {u['gain']:+.5f} ± {u['gain_se']:.5f} | {bands} |"

@@ -1,8 +1,9 @@
 """The benchmark scripts refuse bad arguments with one line and exit status 2, before any model work."""
 
+import numpy as np
 import pytest
 
-from benchmarks import convert_memory, model, profile_step, sampling, training
+from benchmarks import convert_memory, denoiser_diagnostics, model, profile_step, sampling, training
 from magicface_jax.cli import run
 
 BAD_ARGUMENTS = [
@@ -33,6 +34,9 @@ BAD_ARGUMENTS = [
     (training, ["--compile-widths", "64,48"], "--compile-widths 48"),
     (training, ["--reuse", "/nowhere/at/all/report.json"], "--reuse /nowhere/at/all/report.json"),
     (training, ["--json", "/nowhere/at/all/out.json"], "its folder does not exist"),
+    (denoiser_diagnostics, ["--model", "/nowhere", "--latents", "/nowhere"], "--model has no export"),
+    (denoiser_diagnostics, ["--model", ".", "--latents", ".", "--measure", "au,loss"], "--measure 'au,loss'"),
+    (denoiser_diagnostics, ["--latents", "."], "--model"),
 ]
 
 
@@ -56,3 +60,11 @@ def test_benchmarks_build_the_torch_reference_from_the_tests():
     assert type(denoiser).__module__ == "tests.torch_reference"
     models = sampling.build_models("tiny", with_torch=True)
     assert type(models.torch_model).__module__ == "tests.torch_reference"
+
+
+def test_the_gradient_snr_of_a_known_signal_in_noise():
+    rng = np.random.default_rng(0)
+    signal = np.full((12, 8), 0.1)  # ‖signal‖² = 0.96; noise variance 1 per value: 96 in all
+    gradients = signal + rng.standard_normal((4000, 12, 8))
+    assert denoiser_diagnostics.gradient_snr(gradients) == pytest.approx(0.01, abs=0.002)
+    assert abs(denoiser_diagnostics.gradient_snr(rng.standard_normal((4000, 12, 8)))) < 0.002
