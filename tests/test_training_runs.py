@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -126,6 +127,20 @@ def test_sigkill_and_rerun_give_the_uninterrupted_weights_bit_for_bit(tmp_path, 
     done = run(args)
     assert "resumed from step" in done.stdout
     assert_same_params(exported(out), exported(reference))
+
+
+def test_a_resume_whose_optimizer_changed_is_refused_naming_the_setting(tmp_path, dataset, reference):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    args = command(out, dataset, "mesh.fsdp=4", "train.steps=10", "optimizer.au_embedding_lr_factor=10")
+    done = subprocess.run(
+        args, env=environment(8), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.startswith("error: the checkpoint of step 8") and done.stderr.count("\n") == 1
+    assert "optimizer.au_embedding_lr_factor 1.0 -> 10.0" in done.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
 
 
 def test_sigterm_saves_and_a_resume_on_four_devices_continues(tmp_path, dataset, reference):

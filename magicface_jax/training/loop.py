@@ -104,6 +104,37 @@ def _write_run_config(out: Path, run: RunConfig) -> None:
             partial.write_text(json.dumps(run.to_dict(), indent=2))
 
 
+def _changed_settings(saved: Path, run: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between the run config saved at `saved` and `run`."""
+    if not saved.exists():
+        return []
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        found = {}
+        for key, value in tree.items():
+            found |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return found
+
+    before, now = flat(json.loads(saved.read_text())), flat(json.loads(json.dumps(run.to_dict())))
+    return [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in now if before.get(key) != now[key]]
+
+
+def _restore(manager, step: int, trainer, iterator, out: Path, run: RunConfig):
+    """The state of checkpoint `step`, or one line naming the settings that changed the state's shape
+    since the run was started (an optimizer option that adds a transform, say)."""
+    try:
+        return checkpoints.restore(manager, step, trainer.abstract_state(), iterator)
+    except ValueError as err:
+        if "tree structures do not match" not in str(err):
+            raise
+        changed = _changed_settings(out / "run_config.json", run)
+        since = f" (changed since it started: {'; '.join(changed)})" if changed else ""
+        raise MagicFaceError(
+            f"the checkpoint of step {step} in {out / 'checkpoints'} holds another optimizer state than this "
+            f"run's{since}: resume with the settings it was started with, or give a new output_dir"
+        ) from None
+
+
 def train(run: RunConfig, *, export_only: bool = False, log: Log = print) -> RunResult:
     out = Path(run.output_dir).expanduser()
     mesh = training_mesh(run.mesh.data, run.mesh.fsdp, run.mesh.tensor)
@@ -121,7 +152,7 @@ def train(run: RunConfig, *, export_only: bool = False, log: Log = print) -> Run
         state = trainer.initial_state()
         log(f"new run: training {', '.join(trainer.names)} on {where}")
     else:
-        state = checkpoints.restore(manager, latest, trainer.abstract_state(), iterator)
+        state = _restore(manager, latest, trainer, iterator, out, run)
         log(f"resumed from step {latest} on {where}")
     frozen = trainer.frozen
     step = int(state.step)
