@@ -244,12 +244,6 @@ def train(
 
 
 @functools.cache
-def _encoder(vae_config: VAEConfig):
-    model = AutoencoderKL(vae_config)
-    return jax.jit(lambda params, x: model.apply({"params": params}, x, method=AutoencoderKL.encode)[0])
-
-
-@functools.cache
 def _autoencoder(vae_config: VAEConfig):
     model = AutoencoderKL(vae_config)
     return jax.jit(lambda params, x: model.apply({"params": params}, x))
@@ -265,16 +259,21 @@ def _batched(fn, params, images: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def encode(vae_config: VAEConfig, params, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """uint8 images (N, S, S, 3) -> unscaled posterior means (N, S/f, S/f, C)."""
-    return _batched(_encoder(vae_config), params, images, batch)
-
-
 @functools.cache
 def _posterior(vae_config: VAEConfig):
+    """The jitted encoder: images -> posterior means and log-variances, concatenated on channels."""
     model = AutoencoderKL(vae_config)
     encode = functools.partial(model.apply, method=AutoencoderKL.encode)
     return jax.jit(lambda params, x: jnp.concatenate(encode({"params": params}, x), axis=-1))
+
+
+def _moments(vae_config: VAEConfig, params, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(np.split(_batched(_posterior(vae_config), params, images, batch), 2, axis=-1))
+
+
+def encode(vae_config: VAEConfig, params, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """uint8 images (N, S, S, 3) -> unscaled posterior means (N, S/f, S/f, C)."""
+    return _moments(vae_config, params, images, batch)[0]
 
 
 def latent_channels(vae_config: VAEConfig, params, images: np.ndarray, batch: int = 32) -> list[dict]:
@@ -282,8 +281,7 @@ def latent_channels(vae_config: VAEConfig, params, images: np.ndarray, batch: in
     of the posterior means over images and positions (`signal`), the mean posterior variance (`noise`),
     and `collapsed` when the noise is the larger: the KL term has pulled that channel to the prior, so it
     carries next to nothing and a posterior sample of it is noise a denoiser cannot predict."""
-    moments = _batched(_posterior(vae_config), params, images, batch)
-    mean, logvar = np.split(moments, 2, axis=-1)
+    mean, logvar = _moments(vae_config, params, images, batch)
     scale = vae_config.scaling_factor
     channels = []
     for c in range(mean.shape[-1]):
