@@ -181,7 +181,8 @@ def test_the_au_embedding_lr_factor_scales_only_the_au_linears_steps():
 
     run = nano_run("unused")
     mesh = training_mesh(1, 1, 1, devices=jax.devices()[:1])
-    params = {name: load_start(run, mesh).networks[name] for name in ("identity_encoder", "denoiser")}
+    networks = load_start(run, mesh).networks
+    params = {name: networks[name] for name in ("identity_encoder", "denoiser")}
     grads = jax.tree.map(jnp.ones_like, params)
 
     def first_update(factor):

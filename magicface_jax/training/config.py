@@ -122,9 +122,7 @@ class OptimizerSettings:
     weight_decay: float = 1e-2
     grad_clip_norm: float = 1.0  # 0: no clipping
     ema_decay: float = 0.9999  # 0: no EMA (the export then takes the raw weights)
-    au_embedding_lr_factor: float = (
-        1.0  # the AU linear's step size as a multiple of the others' (its gradient is mostly noise)
-    )
+    au_embedding_lr_factor: float = 1.0  # the AU linear's step size, as a multiple of the others'
 
     def check(self) -> None:
         if not self.learning_rate > 0:
