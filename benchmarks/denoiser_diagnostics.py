@@ -37,40 +37,47 @@ MEASURES = ("au", "identity", "gradient")
 
 @dataclasses.dataclass(frozen=True)
 class Trained:
-    """A trained model's networks with the objective it was trained with."""
+    """A trained model's networks with the objective it was trained with, and its per-example loss
+    (batch, draws) -> (B,), jitted once for every measurement."""
 
     objective: object
     params: dict
     prompt: object
+    losses: Callable
 
 
 def load_trained(model: Path) -> Trained:
+    import jax
     import jax.numpy as jnp
 
     from magicface_jax import checkpoint
     from magicface_jax.diffusion import NoiseSchedule
     from magicface_jax.models.magicface import COMPONENTS, MagicFace
     from magicface_jax.training.config import TrainSettings
-    from magicface_jax.training.step import Objective
+    from magicface_jax.training.step import Objective, example_losses
 
     export = model / "export"
     info = checkpoint.read_info(export)
     trained = json.loads((model / "run_config.json").read_text())["train"]
-    return Trained(
-        Objective(
-            MagicFace(info.config), NoiseSchedule.from_diffusers(info.scheduler), TrainSettings(**trained)
-        ),
-        {name: checkpoint.read_params(export, name) for name in COMPONENTS},
-        jnp.asarray(checkpoint.read_prompt_embeds(export)),
+    objective = Objective(
+        MagicFace(info.config), NoiseSchedule.from_diffusers(info.scheduler), TrainSettings(**trained)
     )
+    params = {name: checkpoint.read_params(export, name) for name in COMPONENTS}
+    prompt = jnp.asarray(checkpoint.read_prompt_embeds(export))
+    losses = jax.jit(lambda batch, draws: example_losses(objective, params, batch, draws, prompt))
+    return Trained(objective, params, prompt, losses)
 
 
-def _records(latents: Path, split: str, indices=None) -> dict:
-    import jax.numpy as jnp
-
+def _open(latents: Path, split: str):
     from magicface_jax.training.latent_cache import LatentCache
 
-    cache = LatentCache.open(latents, split)
+    return LatentCache.open(latents, split)
+
+
+def _records(cache, indices=None) -> dict:
+    """The cache's records at `indices` (all when None), stacked into one batch."""
+    import jax.numpy as jnp
+
     records = [cache[int(i)] for i in (range(len(cache)) if indices is None else indices)]
     return {k: jnp.asarray(np.stack([r[k] for r in records])) for k in records[0] if k != "index"}
 
@@ -83,9 +90,8 @@ def _held_out_losses(
     import jax
     import jax.numpy as jnp
 
-    from magicface_jax.training.step import draw, example_losses
+    from magicface_jax.training.step import draw
 
-    losses = jax.jit(lambda b, d: example_losses(trained.objective, trained.params, b, d, trained.prompt))
     size = len(batch["au_variation"])
     found = {name: [] for name in variants}
     for k in range(draws):
@@ -95,7 +101,7 @@ def _held_out_losses(
         if band is not None:
             noise["timesteps"] = jax.random.randint(jax.random.fold_in(key, 1), (size,), *band)
         for name, replaced in variants.items():
-            found[name].append(np.asarray(losses({**batch, **replaced}, noise)))
+            found[name].append(np.asarray(trained.losses({**batch, **replaced}, noise)))
     return {name: np.concatenate(v) for name, v in found.items()}
 
 
@@ -109,7 +115,7 @@ def au_use(model: Path, latents: Path, draws: int = 4) -> dict:
     whole range's mean hides a gain there under the noise of the rest."""
     import jax.numpy as jnp
 
-    trained, batch = load_trained(model), _records(latents, "test")
+    trained, batch = load_trained(model), _records(_open(latents, "test"))
     au = batch["au_variation"]
     variants = {
         "true AU": {},
@@ -123,8 +129,8 @@ def au_use(model: Path, latents: Path, draws: int = 4) -> dict:
     whole = _held_out_losses(trained, batch, variants, None, 0, draws)
     mean, se = gain(whole)
     bands = {
-        band: gain(_held_out_losses(trained, batch, variants, band, 1000 * (i + 1), draws))
-        for i, band in enumerate(TIMESTEP_BANDS)
+        f"{lo}-{hi}": gain(_held_out_losses(trained, batch, variants, (lo, hi), 1000 * (i + 1), draws))
+        for i, (lo, hi) in enumerate(TIMESTEP_BANDS)
     }
     return {name: float(v.mean()) for name, v in whole.items()} | {
         "gain": mean,
@@ -137,7 +143,7 @@ def identity_use(model: Path, latents: Path, draws: int = 2) -> dict:
     """The held-out loss per band with the true identity latents, another pair's, and zeros."""
     import jax.numpy as jnp
 
-    trained, batch = load_trained(model), _records(latents, "test")
+    trained, batch = load_trained(model), _records(_open(latents, "test"))
     identity = batch["identity_latents"]
     variants = {
         "true identity": {},
@@ -170,7 +176,6 @@ def au_gradient_snr(model: Path, latents: Path, batches: int = 48, batch_size: i
     import jax
 
     from magicface_jax.config import AU_EMBED_NAME
-    from magicface_jax.training.latent_cache import LatentCache
     from magicface_jax.training.step import draw, example_losses
 
     trained = load_trained(model)
@@ -182,11 +187,11 @@ def au_gradient_snr(model: Path, latents: Path, batches: int = 48, batch_size: i
         return example_losses(trained.objective, params, batch, noise, trained.prompt).mean()
 
     gradient = jax.jit(jax.grad(loss))
-    size = len(LatentCache.open(latents, "train"))
+    cache = _open(latents, "train")
     rng = np.random.default_rng(0)
     grads = []
     for i in range(batches):
-        batch = _records(latents, "train", rng.choice(size, batch_size, replace=False))
+        batch = _records(cache, rng.choice(len(cache), batch_size, replace=False))
         noise = draw(trained.objective, jax.random.key(i), batch_size, batch["target_mean"].shape[1:])
         grads.append(jax.device_get(gradient(probed, batch, noise)))
     stacked = jax.tree.map(lambda *g: np.stack(g), *grads)
@@ -235,10 +240,7 @@ def main(argv=None) -> None:
         if not path.exists():
             raise MagicFaceError(f"{message} ({path} does not exist)")
     for name in chosen:
-        found = MEASUREMENTS[name](args.model, args.latents)
-        if name == "au":
-            found["bands"] = {f"{lo}-{hi}": v for (lo, hi), v in found["bands"].items()}
-        print(json.dumps({name: found}), flush=True)
+        print(json.dumps({name: MEASUREMENTS[name](args.model, args.latents)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def make_optimizer(settings: OptimizerSettings, steps: int) -> optax.GradientTra
 
 
 def _au_embedding_mask(params: dict[str, Params]) -> dict[str, Params]:
-    """True at the leaves of the denoiser's AU linear. Its gradient is mostly noise (docs/training.md): at
+    """True at the leaves of the denoiser's AU linear. Its gradient is mostly noise (docs/evaluation.md): at
     one step size for all, Adam moves it too little for the AUs to be used within a short run."""
 
     def inside(path, _) -> bool:
