@@ -343,6 +343,16 @@ def test_an_sd_checkpoint_is_restored_straight_into_its_shards(converted):
     np.testing.assert_array_equal(np.asarray(kernel), expected)
 
 
+def test_an_init_checkpoint_may_be_named_relative_to_the_working_folder(converted, monkeypatch):
+    from magicface_jax import checkpoint
+
+    monkeypatch.chdir(converted.parent)
+    start = load_start(nano_run("unused", init_checkpoint=converted.name), training_mesh(-1, 1, 1))
+    stored = checkpoint.read_params(converted, "identity_encoder")["conv_in"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(start.networks["identity_encoder"]["conv_in"]["kernel"]), stored)
+    assert start.source["init_checkpoint"] == str(converted.resolve())
+
+
 def train_cli(capsys, *args) -> tuple[int, str]:
     import train
     from magicface_jax import cli

@@ -197,4 +197,4 @@ def _existing_checkpoint(path: str, key: str) -> Path:
         if key == "model.vae_checkpoint":
             made_by += ", or train a synthetic VAE with benchmarks/synthetic_vae.py"
         raise MagicFaceError(f"{key}={path} does not exist; make one with {made_by}")
-    return directory
+    return directory.resolve()  # orbax reads absolute paths only
