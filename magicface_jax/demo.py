@@ -5,8 +5,9 @@ MagicFace trained on procedural faces at 64² and a few portraits of persons it 
 (benchmarks/synthetic_replication.py, BENCHMARKS.md), trained further on same-pose pairs
 (docs/evaluation.md, "The demo model"); `assets/demo_faces` holds neutral portraits (every AU at 0),
 each with its background condition, rendered from `FACES_SEED`; `assets/synthetic_estimator` is the
-replication's estimator of the same world, which evaluates the demo model. `write_demo_assets` (the
-replication's `demo` stage) writes all three.
+replication's estimator of the same world, which evaluates the demo model. `write_demo_assets` writes
+the model and the portraits, and given an estimator that too (the replication's `demo` stage gives all
+three; docs/evaluation.md's recipe for the shipped model gives the model alone).
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ def describe(model_dir: Path = DEMO_MODEL) -> str:
     steps = info.source.get("trained_steps", "?")
     size = info.config.vae.sample_size
     note = info.source.get("note")
+    made_by = info.source.get("demo", "benchmarks/synthetic_replication.py")
     return (
         f"the demo model: MagicFace trained {steps} steps on procedural {size}x{size} faces "
-        "(benchmarks/synthetic_replication.py); the portrait is a person it never saw"
-        + (f". {note}" if note else "")
+        f"({made_by}); the portrait is a person it never saw" + (f". {note}" if note else "")
     )
 
 
@@ -105,12 +106,13 @@ def write_demo_assets(
     face_scale: float = 1.0,
     estimator: Path | None = None,
     estimator_dir: Path = SYNTHETIC_ESTIMATOR,
+    made_by: str = "benchmarks/synthetic_replication.py",
 ) -> int:
     """Writes the trained checkpoint `export` (its files verified on reading) to `model_dir`, renders
     the portraits, faces at `face_scale` (the model's world), into `faces_dir`, and with `estimator` (a
     synthetic estimator of that world) copies it to `estimator_dir`; a folder there is replaced only if
     this function wrote it (its `ASSETS_MANIFEST`). `note`: what a user should know about the model,
-    printed with every demo. Returns the model's bytes."""
+    printed with every demo; `made_by`: where its training is told. Returns the model's bytes."""
     from magicface_jax.evaluation.synthetic import SyntheticEstimator
     from magicface_jax.models.magicface import COMPONENTS
 
@@ -125,7 +127,7 @@ def write_demo_assets(
     source = {k: v for k, v in info.source.items() if not k.endswith("checkpoint")}
     source |= {
         "vae": "the synthetic replication's VAE",
-        "demo": "benchmarks/synthetic_replication.py",
+        "demo": made_by,
         "face_scale": face_scale,
     }
     if note:

@@ -492,9 +492,11 @@ def test_demo_assets_are_rendered_from_a_seed_and_replace_only_their_own(tmp_pat
         face_scale=shipped_scale,
         estimator=demo.SYNTHETIC_ESTIMATOR,
         estimator_dir=estimator,
+        made_by="docs/recipe.md",
     )
     assert 0 < size < demo.MAX_MODEL_BYTES
-    assert checkpoint.read_info(model).source["demo"]
+    assert checkpoint.read_info(model).source["demo"] == "docs/recipe.md"
+    assert "(docs/recipe.md)" in demo.describe(model)
     assert demo.face_scale(model) == shipped_scale
     copied = SyntheticEstimator.load(estimator)
     assert copied.held_out() == SyntheticEstimator.load(demo.SYNTHETIC_ESTIMATOR).held_out()

@@ -343,14 +343,27 @@ def test_an_sd_checkpoint_is_restored_straight_into_its_shards(converted):
     np.testing.assert_array_equal(np.asarray(kernel), expected)
 
 
-def test_an_init_checkpoint_may_be_named_relative_to_the_working_folder(converted, monkeypatch):
+@pytest.mark.parametrize(
+    ("key", "network", "source"),
+    [
+        ("init_checkpoint", "identity_encoder", "init_checkpoint"),
+        ("model__vae_checkpoint", "vae", "vae_checkpoint"),
+    ],
+)
+def test_a_checkpoint_may_be_named_relative_to_the_working_folder(
+    converted, monkeypatch, key, network, source
+):
     from magicface_jax import checkpoint
 
     monkeypatch.chdir(converted.parent)
-    start = load_start(nano_run("unused", init_checkpoint=converted.name), training_mesh(-1, 1, 1))
-    stored = checkpoint.read_params(converted, "identity_encoder")["conv_in"]["kernel"]
-    np.testing.assert_array_equal(np.asarray(start.networks["identity_encoder"]["conv_in"]["kernel"]), stored)
-    assert start.source["init_checkpoint"] == str(converted.resolve())
+    start = load_start(nano_run("unused", **{key: converted.name}), training_mesh(-1, 1, 1))
+    restored, stored = (
+        jax.tree.leaves(p) for p in (start.networks[network], checkpoint.read_params(converted, network))
+    )
+    assert len(restored) == len(stored)
+    for ours, theirs in zip(restored, stored, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), theirs)
+    assert start.source[source] == str(converted.resolve())
 
 
 def train_cli(capsys, *args) -> tuple[int, str]:
