@@ -266,3 +266,19 @@ def test_the_vae_study_cli_trains_measures_and_resumes_in_its_folder(tmp_path, c
         == 0
     )
     assert json.loads((out / "result.json").read_text())["face_scale"] == 1.4
+
+
+def test_a_magicface_checkpoint_lends_its_vae(tmp_path):
+    from magicface_jax import checkpoint, demo
+
+    images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), np.uint8)
+    info = checkpoint.read_info(demo.DEMO_MODEL)
+    expected = autoencoder.reconstruct(
+        info.config.vae, checkpoint.read_params(demo.DEMO_MODEL, "vae"), images
+    )
+    round_trip = autoencoder.round_trip(demo.DEMO_MODEL, resolution=64, face_scale=demo.face_scale())
+    np.testing.assert_array_equal(round_trip(images), expected)
+    with pytest.raises(MagicFaceError, match=r"faces at scale 1, not 1\.4: pass --face-scale 1"):
+        autoencoder.round_trip(demo.DEMO_MODEL, face_scale=1.4)
+    with pytest.raises(MagicFaceError, match="holds no VAE: give a VAE export"):
+        autoencoder.frozen_vae(tmp_path)

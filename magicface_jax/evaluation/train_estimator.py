@@ -4,8 +4,9 @@ python -m magicface_jax.evaluation.train_estimator --resolution 64 --train-pairs
 
 The images are rendered from the spec (a pure function of resolution and seed), so no built dataset is
 needed; the test split's persons are never seen in training. With `--vae DIR` (a frozen VAE exported by
-`benchmarks/synthetic_vae.py`), each image's round trip through that VAE is trained on too, so that edits,
-which every VAE returns blurred, are read as the faces themselves. Writes DIR (estimator.json with the
+`benchmarks/synthetic_vae.py`, or a MagicFace checkpoint of the synthetic world, whose VAE is taken), each
+image's round trip through that VAE is trained on too, so that edits, which every VAE returns blurred, are
+read as the faces themselves. Writes DIR (estimator.json with the
 held-out errors, params.msgpack) and prints the held-out errors next to a constant predictor's.
 """
 
@@ -40,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--vae",
         default=None,
-        help="a frozen synthetic VAE (benchmarks/synthetic_vae.py's OUT/export): train on each image's "
-        "round trip through it too",
+        help="a frozen synthetic VAE (benchmarks/synthetic_vae.py's OUT/export) or a MagicFace checkpoint "
+        "whose VAE is taken: train on each image's round trip through it too",
     )
     parser.add_argument("--out", required=True, help="new directory for the estimator")
     parser.add_argument("--overwrite", action="store_true")

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from magicface_jax import atomic
+from magicface_jax import atomic, checkpoint
 from magicface_jax.config import VAEConfig
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.images import to_model_input
@@ -305,7 +305,7 @@ def latent_scaling_factor(vae_config: VAEConfig, params, images: np.ndarray) -> 
 class ExportedVAE(NamedTuple):
     config: VAEConfig  # with the measured scaling factor
     params: dict
-    steps: int  # training steps behind it
+    steps: int | None  # training steps behind it (None: not recorded)
     face_scale: float | None  # the synthetic_faces face scale of its training images (None: not recorded)
 
 
@@ -372,12 +372,28 @@ def load_vae(directory: str | Path) -> ExportedVAE:
     return ExportedVAE(vae_config, params, steps, face_scale)
 
 
+def frozen_vae(directory: str | Path) -> ExportedVAE:
+    """The VAE that `directory` holds: a VAE export (`export_vae`), or a MagicFace checkpoint's, whose
+    face scale is what its source records (`demo.write_demo_assets` records it)."""
+    if is_vae_export(directory):
+        return load_vae(directory)
+    if not (Path(directory) / checkpoint.MANIFEST).is_file():
+        raise MagicFaceError(
+            f"{directory} holds no VAE: give a VAE export (with {EXPORT_CONFIG}) or a MagicFace checkpoint "
+            f"(with {checkpoint.MANIFEST})"
+        )
+    info = checkpoint.read_info(directory)
+    scale = info.source.get("face_scale")
+    params = checkpoint.read_params(directory, "vae")
+    return ExportedVAE(info.config.vae, params, None, None if scale is None else float(scale))
+
+
 def round_trip(
     directory: str | Path, resolution: int | None = None, face_scale: float | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """The exported VAE in `directory` as a function: uint8 images -> their reconstructions, uint8. With
-    `resolution` or `face_scale`, the VAE must have been trained on such images (where its export says)."""
-    exported = load_vae(directory)
+    """The VAE in `directory` (`frozen_vae`) as a function: uint8 images -> their reconstructions, uint8.
+    With `resolution` or `face_scale`, the VAE must have been trained on such images (where it says)."""
+    exported = frozen_vae(directory)
     trained = exported.config.sample_size
     if resolution is not None and trained != resolution:
         raise MagicFaceError(f"the VAE in {directory} was trained on {trained}² images, not {resolution}²")
