@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from magicface_jax.cli import run
 from magicface_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig, SyntheticFacesSpec
@@ -13,6 +14,7 @@ from magicface_jax.errors import MagicFaceError
 from magicface_jax.evaluation import synthetic, vae_study
 from magicface_jax.evaluation.regions import part_box
 from magicface_jax.faces.aus import au_index
+from magicface_jax.training import autoencoder
 
 TINY = synthetic.RegressorConfig(input_size=32, widths=(8, 16), hidden=16, batch_size=4)
 SPEC = SyntheticFacesSpec(resolution=64, train_pairs=2, test_pairs=3, pairs_per_identity=1, seed=5)
@@ -169,10 +171,20 @@ def test_evaluate_runs_on_a_tiny_checkpoint_and_measures_the_baseline_exactly(
     edited = report["settings"][0]
     assert edited["setting"] == {"sampler": "unipc", "steps": 2, "guidance": 3.0}
     assert 0 < edited["background_rmse"] <= 1
-    assert sorted(p.name for p in edits.iterdir())[:2] == [
+    assert sorted(p.name for p in edits.iterdir())[:3] == [
         "pair00000_source.png",
         "pair00000_unipc_s2_g3.png",
+        "pair00000_vae_round_trip.png",
     ]
+    # The VAE reference is the checkpoint's VAE, decoded as every edit is: the same as the training
+    # module's reconstruction, up to float rounding.
+    assert "no edit, through the VAE and back: AU MSE" in out
+    assert report["vae_round_trip"]["background_rmse"] > 0
+    source, round_trip = (
+        np.asarray(Image.open(edits / f"pair00000_{n}.png")) for n in ("source", "vae_round_trip")
+    )
+    expected = autoencoder.round_trip(demo_checkpoint)(source[None])[0]
+    assert np.abs(round_trip.astype(int) - expected).max() <= 1
 
 
 @pytest.fixture(scope="module")
@@ -315,5 +327,5 @@ def test_train_estimator_refuses_a_missing_vae_before_rendering(tmp_path, capsys
     out = tmp_path / "estimator"
     assert run(train_estimator.main, ["--vae", str(tmp_path / "none"), "--out", str(out)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "holds no exported VAE" in lines[0], lines
+    assert len(lines) == 1 and "holds no VAE: give a VAE export" in lines[0], lines
     assert not out.exists()

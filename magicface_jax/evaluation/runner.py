@@ -1,6 +1,8 @@
 """Edits held-out pairs and measures the edits: for each pair, the identity image is edited by the pair's AU
 variation with its own background condition (as at inference), and the paper's four metrics compare the
-edit with what was asked; the no-edit baseline (the source returned unchanged) is measured the same way.
+edit with what was asked. Two references are measured the same way: the no-edit baseline (the source
+returned unchanged, the paper's) and the source through the checkpoint's VAE and back (where every edit
+starts, since the VAE decodes every edit: what the VAE alone costs).
 
     pairs = load_pairs("synthetic_faces/64px", "test", data_dir=DIR, num=50)
     report = evaluate(pipe, pairs, [Setting("unipc", 20, 3.0)], estimators)
@@ -20,7 +22,7 @@ from magicface_jax.data.synthetic_faces import IDENTITY_BACKGROUND
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.evaluation import metrics
 from magicface_jax.evaluation.estimators import Estimators
-from magicface_jax.images import save_image, to_uint8
+from magicface_jax.images import save_image, to_model_input, to_uint8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +215,15 @@ def edit_pairs(pipe, pairs: EvalPairs, setting: Setting, seed: int = 0, batch_si
     return np.concatenate(out)
 
 
+def vae_round_trip(pipe, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """uint8 images (N, S, S, 3) through the pipeline's VAE and back (the posterior mean decoded), uint8."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        latents = pipe.vae_encode(to_model_input(images[start : start + batch_size]))
+        out.append(to_uint8((np.asarray(pipe.vae_decode(latents)) + 1) / 2))
+    return np.concatenate(out)
+
+
 def evaluate(
     pipe,
     pairs: EvalPairs,
@@ -223,13 +234,16 @@ def evaluate(
     save_edits: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """{"baseline": metrics, "settings": [{"setting", ...metrics}], "estimators": labels and held-out
-    errors, "pairs": N}. With `save_edits`, every edit is written there as NAME_SETTING.png (and each source
-    as NAME_source.png), the names under which an AU reader such as OpenFace's finds them."""
-    baseline_names = [f"{name}_source" for name in pairs.names]
+    """{"baseline": metrics, "vae_round_trip": metrics, "settings": [{"setting", ...metrics}],
+    "estimators": labels and held-out errors, "pairs": N}. With `save_edits`, every edit is written there as
+    NAME_SETTING.png (each source as NAME_source.png, its VAE round trip as NAME_vae_round_trip.png), the
+    names under which an AU reader such as OpenFace's finds them."""
+    references = {"source": pairs.sources, "vae_round_trip": vae_round_trip(pipe, pairs.sources, batch_size)}
+    names_of = {ref: [f"{name}_{ref}" for name in pairs.names] for ref in references}
     if save_edits is not None:
-        for name, image in zip(baseline_names, pairs.sources, strict=True):
-            save_image(image, save_edits / f"{name}.png")
+        for ref, images in references.items():
+            for name, image in zip(names_of[ref], images, strict=True):
+                save_image(image, save_edits / f"{name}.png")
     report = {
         "pairs": len(pairs),
         "estimators": {
@@ -239,12 +253,16 @@ def evaluate(
             "pose_unit": metrics.POSE_UNIT,
             "held_out": estimators.held_out(),
         },
-        "baseline": measure(pairs, pairs.sources, baseline_names, estimators),
+        "baseline": measure(pairs, pairs.sources, names_of["source"], estimators),
+        "vae_round_trip": measure(
+            pairs, references["vae_round_trip"], names_of["vae_round_trip"], estimators
+        ),
         "settings": [],
     }
     noise = estimator_noise(report["estimators"]["held_out"])
     log(format_estimators(report))
     log(format_row("no edit (source returned)", report["baseline"], noise))
+    log(format_row("no edit, through the VAE and back", report["vae_round_trip"], noise))
     for setting in settings:
         edited = edit_pairs(pipe, pairs, setting, seed, batch_size)
         names = [f"{name}_{setting.name}" for name in pairs.names]
