@@ -24,6 +24,9 @@ def test_au_mse_compares_the_request_with_the_estimate():
     estimate[:, 4] += 10
     assert metrics.au_mse(requested, estimate) == pytest.approx((10 * 1 + 121) / 11)
     assert np.isnan(metrics.au_mse(requested, np.full_like(requested, np.nan)))
+    by_au = metrics.au_mse(requested, estimate, axis=0)  # per AU: which AUs an edit follows
+    np.testing.assert_array_equal(by_au[[0, 4, 11]], [1.0, 121.0, 1.0])
+    assert by_au.shape == (12,) and np.isnan(by_au[3])
     with pytest.raises(MagicFaceError, match="shapes"):
         metrics.au_mse(requested, requested[:1])
 

@@ -30,13 +30,16 @@ def requested_aus(identity_aus: np.ndarray, variation: np.ndarray) -> np.ndarray
     return np.asarray(identity_aus, np.float64) + np.asarray(variation, np.float64)
 
 
-def au_mse(requested: np.ndarray, estimated: np.ndarray) -> float:
-    """Mean squared error over images (B, 12) and AUs; NaN estimates (AUs an estimator cannot read) are
-    left out; NaN if nothing is left."""
+def au_mse(requested: np.ndarray, estimated: np.ndarray, axis: int | None = None) -> float | np.ndarray:
+    """Mean squared error over images (B, 12) and AUs, or with `axis=0` per AU (12,); NaN estimates (AUs an
+    estimator cannot read) are left out; NaN where nothing is left."""
     requested, estimated = _same_shape(requested, estimated, "AU MSE")
     squared = (requested - estimated) ** 2
     valid = ~np.isnan(squared)
-    return float(squared[valid].mean()) if valid.any() else float("nan")
+    count = valid.sum(axis)
+    total = np.where(valid, squared, 0.0).sum(axis)
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return float(mean) if axis is None else mean
 
 
 def id_l2(source_embeddings: np.ndarray, edited_embeddings: np.ndarray) -> float:

@@ -22,6 +22,7 @@ from magicface_jax.data.synthetic_faces import IDENTITY_BACKGROUND
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.evaluation import metrics
 from magicface_jax.evaluation.estimators import Estimators
+from magicface_jax.faces.aus import AU_NAMES
 from magicface_jax.images import save_image, to_model_input, to_uint8
 
 
@@ -175,8 +176,11 @@ def metrics_of(pairs: EvalPairs, found: Estimates, rows: np.ndarray | slice = sl
 
 
 def measure(pairs: EvalPairs, edited: np.ndarray, names: Sequence[str], estimators: Estimators) -> dict:
-    """The four metrics of `edited` (uint8 (N, S, S, 3)) against the pairs' sources and requests."""
-    return metrics_of(pairs, estimate(pairs, edited, names, estimators))
+    """The four metrics of `edited` (uint8 (N, S, S, 3)) against the pairs' sources and requests, and the
+    AU MSE of each AU (`au_mse_by_au`: which AUs an edit follows)."""
+    found = estimate(pairs, edited, names, estimators)
+    by_au = metrics.au_mse(pairs.requested, found.aus, axis=0)
+    return metrics_of(pairs, found) | {"au_mse_by_au": dict(zip(AU_NAMES, by_au.tolist(), strict=True))}
 
 
 def bootstrap_noise(
@@ -299,10 +303,11 @@ def format_row(name: str, row: dict, noise: dict[str, float]) -> str:
     def own(metric: str, unit: str = "") -> str:
         return f" (estimator's own {noise[metric]:.3g}{unit})" if metric in noise else ""
 
+    by_au = " ".join(f"{au} {value:.2f}" for au, value in row.get("au_mse_by_au", {}).items())
     return (
         f"{name}: AU MSE {row['au_mse']:.3f}{own('au_mse')}, ID L2 {row['id_l2']:.3f}{own('id_l2')}, "
         f"background RMSE {row['background_rmse']:.4f}, head-pose RMSE {row['pose_rmse_degrees']:.2f}°"
-        f"{own('pose_rmse_degrees', '°')}"
+        f"{own('pose_rmse_degrees', '°')}" + (f"\n  AU MSE by AU: {by_au}" if by_au else "")
     )
 
 
