@@ -5,9 +5,10 @@ MagicFace trained on procedural faces at 64² and a few portraits of persons it 
 (benchmarks/synthetic_replication.py, BENCHMARKS.md), trained further on same-pose pairs
 (docs/evaluation.md, "The demo model"); `assets/demo_faces` holds neutral portraits (every AU at 0),
 each with its background condition, rendered from `FACES_SEED`; `assets/synthetic_estimator` is the
-replication's estimator of the same world, which evaluates the demo model. `write_demo_assets` writes
-the model and the portraits, and given an estimator that too (the replication's `demo` stage gives all
-three; docs/evaluation.md's recipe for the shipped model gives the model alone).
+estimator of the same world, trained on renderings and on round trips through the demo model's VAE
+(docs/evaluation.md, "The estimators"), which evaluates the demo model. `write_demo_assets` writes the
+model and the portraits, and given an estimator that too (the replication's `demo` stage gives all
+three).
 """
 
 from __future__ import annotations
