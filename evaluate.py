@@ -9,7 +9,10 @@ Photographs (magicface_pairs; dlib identity and pose; AUs from OpenFace 2.0 CSVs
     python evaluate.py ... --openface OPENFACE
 
 Each setting (every combination of --sampler, --steps, --guidance) edits each pair's identity image by
-the pair's AU variation with its own background condition. See docs/evaluation.md.
+the pair's AU variation with its own background condition. The fewest steps at the quality of 50 UniPC
+steps (the authors' sampler and steps):
+    python evaluate.py ... --steps 10 15 20 25 --sampler unipc ddim dpm++ --reference unipc:50:3
+See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, nargs="+", default=[3.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[50])
     parser.add_argument("--sampler", nargs="+", default=["unipc"], choices=SAMPLERS)
+    parser.add_argument(
+        "--reference",
+        metavar="SAMPLER:STEPS:GUIDANCE",
+        help="compare every setting with this one (evaluated too), e.g. unipc:50:3: each metric's "
+        "difference with its paired bootstrap error, and the fewest steps of equal quality",
+    )
     parser.add_argument("--estimator", help="synthetic datasets: the trained synthetic estimator's folder")
     parser.add_argument("--openface", help="photographs: a folder of OpenFace 2.0 CSVs, NAME.csv per edit")
     parser.add_argument("--save-edits", help="a new folder for every edit (NAME_SETTING.png)")
@@ -53,6 +62,25 @@ def check_json_path(path: str) -> None:
         raise MagicFaceError(f"--json {path}: its folder does not exist")
 
 
+def parse_reference(text: str):
+    """SAMPLER:STEPS:GUIDANCE -> runner.Setting."""
+    from magicface_jax.evaluation.runner import Setting
+
+    parts = text.split(":")
+    try:
+        sampler, steps, guidance = parts[0], int(parts[1]), float(parts[2])
+    except (IndexError, ValueError):
+        raise MagicFaceError(
+            f"--reference {text}: expected SAMPLER:STEPS:GUIDANCE, e.g. unipc:50:3"
+        ) from None
+    if len(parts) != 3 or sampler not in SAMPLERS or steps < 1:
+        raise MagicFaceError(
+            f"--reference {text}: expected SAMPLER:STEPS:GUIDANCE with a sampler of {', '.join(SAMPLERS)} "
+            "and steps ≥ 1, e.g. unipc:50:3"
+        )
+    return Setting(sampler, steps, guidance)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     from magicface_jax.evaluation import photos, runner
@@ -60,6 +88,7 @@ def main(argv=None) -> None:
 
     if args.num is not None and args.num < 1:
         raise MagicFaceError(f"--num must be ≥ 1, got {args.num}")
+    reference = parse_reference(args.reference) if args.reference else None
     if args.json:
         check_json_path(args.json)
     if args.save_edits:
@@ -74,9 +103,13 @@ def main(argv=None) -> None:
         runner.Setting(sampler, steps, guidance)
         for sampler, steps, guidance in itertools.product(args.sampler, args.steps, args.guidance)
     ]
+    if reference is not None and reference not in settings:
+        settings.append(reference)
     print(f"{len(pairs)} pairs of {args.dataset} ({args.split}), {len(settings)} setting(s)")
     save_edits = Path(args.save_edits) if args.save_edits else None
-    report = runner.evaluate(pipe, pairs, settings, estimators, args.seed, args.batch_size, save_edits)
+    report = runner.evaluate(
+        pipe, pairs, settings, estimators, args.seed, args.batch_size, save_edits, reference=reference
+    )
     report |= {"checkpoint": str(args.checkpoint), "dataset": str(args.dataset), "split": args.split}
     if args.json:
         with atomic_file(args.json) as partial:

@@ -410,16 +410,13 @@ class Report:
             "|---|---|---|---|---|---|",
         ]
         within = []
-        theirs = None if reference is None else self.runner.metrics_of(self.pairs, reference)
         for setting in (REFERENCE, *STEPS_STUDY):
             found = self.estimates("magicface", setting)
             if found is None or reference is None:
                 lines.append(f"| {setting.sampler} {setting.steps} | not evaluated yet | | | | |")
                 continue
-            mine = self.runner.metrics_of(self.pairs, found)
-            noise = self.runner.bootstrap_noise(self.pairs, found, reference)
-            delta = {k: mine[k] - theirs[k] for k in METRICS}
-            ok = all(delta[k] <= 2 * noise[k] for k in METRICS)  # no metric worse beyond the noise
+            compared = self.runner.versus(self.pairs, found, reference)
+            delta, noise, ok = compared["delta"], compared["standard_error"], compared["not_worse"]
             if ok:
                 within.append(setting)
             cells = " | ".join(f"{delta[k]:+.4g} ± {noise[k]:.2g}" for k in METRICS)

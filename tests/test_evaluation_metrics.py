@@ -263,3 +263,21 @@ def test_bootstrap_noise_is_zero_for_equal_edits_and_shrinks_with_more_pairs():
     # the standard error of a mean of n uniform(0, 0.1) values: 0.1 / sqrt(12 n)
     alone = runner.bootstrap_noise(large, _estimates(400, 3), draws=400)["background_rmse"]
     assert alone == pytest.approx(0.1 / np.sqrt(12 * 400), rel=0.2)
+
+
+def test_versus_holds_only_a_difference_beyond_the_noise_against_a_setting():
+    import dataclasses
+
+    from magicface_jax.evaluation import runner
+
+    pairs, reference = _pairs(200), _estimates(200, 4)
+    same = runner.versus(pairs, reference, reference)
+    assert same["not_worse"] and set(same["delta"].values()) == {0.0}
+    # within the noise: another draw of the same distribution
+    other = runner.versus(pairs, _estimates(200, 5), reference)
+    assert other["delta"]["au_mse"] != 0 and other["standard_error"]["au_mse"] > 0
+    blurred = dataclasses.replace(reference, background_rmse=reference.background_rmse + 0.01)
+    worse = runner.versus(pairs, blurred, reference)
+    assert worse["delta"]["background_rmse"] == pytest.approx(0.01) and not worse["not_worse"]
+    better = runner.versus(pairs, reference, blurred)  # lower errors are never held against a setting
+    assert better["not_worse"]

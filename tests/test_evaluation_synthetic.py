@@ -155,7 +155,7 @@ def test_evaluate_runs_on_a_tiny_checkpoint_and_measures_the_baseline_exactly(
     edits = tmp_path / "edits"
     argv = ["--checkpoint", demo_checkpoint, "--dataset", f"synthetic_faces/{SPEC.name}"]
     argv += ["--data-dir", tiny_dataset, "--estimator", tiny_estimator[0], "--num", 2, "--steps", 2]
-    argv += ["--json", report_path, "--save-edits", edits]
+    argv += ["--json", report_path, "--save-edits", edits, "--reference", "unipc:3:3"]
     assert _evaluate(*argv) == 0
     out = capsys.readouterr().out
     assert "no edit (source returned): AU MSE" in out and "unipc_s2_g3: AU MSE" in out
@@ -163,7 +163,12 @@ def test_evaluate_runs_on_a_tiny_checkpoint_and_measures_the_baseline_exactly(
     assert "AU MSE" in edit_line and "(estimator's own " in edit_line and "°" in edit_line
     assert "synthetic regressor (held out: au_mse" in out and "degrees for pose" in out
     report = json.loads(report_path.read_text())
-    assert report["pairs"] == 2 and len(report["settings"]) == 1
+    assert report["pairs"] == 2 and len(report["settings"]) == 2  # the reference is evaluated too
+    versus = [row["versus_reference"] for row in report["settings"]]
+    assert versus[1]["not_worse"] and set(versus[1]["delta"].values()) == {0.0}  # the reference itself
+    fewest = report["fewest_steps_of_equal_quality"]
+    assert fewest["steps"] == (2 if versus[0]["not_worse"] else 3)
+    assert "unipc_s2_g3 − unipc_s3_g3: Δ au_mse " in out and "fewest steps of equal quality to" in out
     baseline = report["baseline"]
     # the source against itself: nothing moved
     assert baseline["id_l2"] == 0 and baseline["background_rmse"] == 0 and baseline["pose_rmse_degrees"] == 0
@@ -171,9 +176,10 @@ def test_evaluate_runs_on_a_tiny_checkpoint_and_measures_the_baseline_exactly(
     edited = report["settings"][0]
     assert edited["setting"] == {"sampler": "unipc", "steps": 2, "guidance": 3.0}
     assert 0 < edited["background_rmse"] <= 1
-    assert sorted(p.name for p in edits.iterdir())[:3] == [
+    assert sorted(p.name for p in edits.iterdir())[:4] == [
         "pair00000_source.png",
         "pair00000_unipc_s2_g3.png",
+        "pair00000_unipc_s3_g3.png",
         "pair00000_vae_round_trip.png",
     ]
     # The VAE reference is the checkpoint's VAE, decoded as every edit is: the same as the training
@@ -237,6 +243,8 @@ def test_the_demo_model_shows_the_requested_aus_better_than_no_edit(demo_model_r
         ({"--estimator": None}, "pass --estimator DIR"),
         ({"--num": "0"}, "--num must be"),
         ({"--sampler": "plms"}, "invalid choice"),
+        ({"--reference": "unipc:fifty:3"}, "expected SAMPLER:STEPS:GUIDANCE"),
+        ({"--reference": "plms:50:3"}, "with a sampler of"),
         ({"--openface": "CSVS"}, "no column for AU1"),
         ({"--json": "nowhere/report.json"}, "its folder does not exist"),
     ],

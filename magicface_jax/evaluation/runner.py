@@ -178,9 +178,25 @@ def metrics_of(pairs: EvalPairs, found: Estimates, rows: np.ndarray | slice = sl
 def measure(pairs: EvalPairs, edited: np.ndarray, names: Sequence[str], estimators: Estimators) -> dict:
     """The four metrics of `edited` (uint8 (N, S, S, 3)) against the pairs' sources and requests, and the
     AU MSE of each AU (`au_mse_by_au`: which AUs an edit follows)."""
-    found = estimate(pairs, edited, names, estimators)
+    return summary(pairs, estimate(pairs, edited, names, estimators))
+
+
+def summary(pairs: EvalPairs, found: Estimates) -> dict:
+    """`metrics_of` all pairs, and `au_mse_by_au`."""
     by_au = metrics.au_mse(pairs.requested, found.aus, axis=0)
     return metrics_of(pairs, found) | {"au_mse_by_au": dict(zip(AU_NAMES, by_au.tolist(), strict=True))}
+
+
+def versus(pairs: EvalPairs, found: Estimates, reference: Estimates) -> dict:
+    """Each metric of `found` minus the reference's over the same pairs (`delta`), its paired bootstrap
+    standard error (`standard_error`), and `not_worse`: no metric (each an error, lower is better) worse
+    by more than 2 standard errors, which is what "of equal quality" means here. A metric that could not
+    be measured (NaN) is not held against either."""
+    mine, theirs = metrics_of(pairs, found), metrics_of(pairs, reference)
+    noise = bootstrap_noise(pairs, found, reference)
+    delta = {k: mine[k] - theirs[k] for k in mine}
+    worse = [k for k in delta if np.isfinite(delta[k]) and delta[k] > 2 * noise[k]]
+    return {"delta": delta, "standard_error": noise, "not_worse": not worse}
 
 
 def bootstrap_noise(
@@ -237,11 +253,16 @@ def evaluate(
     batch_size: int = 8,
     save_edits: Path | None = None,
     log: Callable[[str], None] = print,
+    reference: Setting | None = None,
 ) -> dict:
     """{"baseline": metrics, "vae_round_trip": metrics, "settings": [{"setting", ...metrics}],
     "estimators": labels and held-out errors, "pairs": N}. With `save_edits`, every edit is written there as
     NAME_SETTING.png (each source as NAME_source.png, its VAE round trip as NAME_vae_round_trip.png), the
-    names under which an AU reader such as OpenFace's finds them."""
+    names under which an AU reader such as OpenFace's finds them. With `reference` (one of `settings`),
+    every setting's row gets `versus_reference` (`versus`), and the fewest steps of equal quality are
+    named (`fewest_steps_of_equal_quality`)."""
+    if reference is not None and reference not in settings:
+        raise MagicFaceError(f"the reference {reference.name} is not among the settings evaluated")
     references = {"source": pairs.sources, "vae_round_trip": vae_round_trip(pipe, pairs.sources, batch_size)}
     names_of = {ref: [f"{name}_{ref}" for name in pairs.names] for ref in references}
     if save_edits is not None:
@@ -267,15 +288,29 @@ def evaluate(
     log(format_estimators(report))
     log(format_row("no edit (source returned)", report["baseline"], noise))
     log(format_row("no edit, through the VAE and back", report["vae_round_trip"], noise))
+    found = {}
     for setting in settings:
         edited = edit_pairs(pipe, pairs, setting, seed, batch_size)
         names = [f"{name}_{setting.name}" for name in pairs.names]
         if save_edits is not None:
             for name, image in zip(names, edited, strict=True):
                 save_image(image, save_edits / f"{name}.png")
-        row = {"setting": dataclasses.asdict(setting), **measure(pairs, edited, names, estimators)}
+        found[setting] = estimate(pairs, edited, names, estimators)
+        row = {"setting": dataclasses.asdict(setting), **summary(pairs, found[setting])}
         report["settings"].append(row)
         log(format_row(setting.name, row, noise))
+    if reference is not None:
+        for setting, row in zip(settings, report["settings"], strict=True):
+            row["versus_reference"] = versus(pairs, found[setting], found[reference])
+            log(format_versus(setting.name, reference.name, row["versus_reference"]))
+        equal = [
+            s
+            for s, row in zip(settings, report["settings"], strict=True)
+            if row["versus_reference"]["not_worse"]
+        ]
+        fewest = min(equal, key=lambda s: s.steps)  # the reference itself is always of equal quality
+        report["fewest_steps_of_equal_quality"] = dataclasses.asdict(fewest)
+        log(f"fewest steps of equal quality to {reference.name} (no metric worse by > 2 SE): {fewest.name}")
     return report
 
 
@@ -309,6 +344,15 @@ def format_row(name: str, row: dict, noise: dict[str, float]) -> str:
         f"background RMSE {row['background_rmse']:.4f}, head-pose RMSE {row['pose_rmse_degrees']:.2f}°"
         f"{own('pose_rmse_degrees', '°')}" + (f"\n  AU MSE by AU: {by_au}" if by_au else "")
     )
+
+
+def format_versus(name: str, reference: str, found: dict) -> str:
+    """One line: each metric's difference from the reference with its paired standard error."""
+    cells = ", ".join(
+        f"Δ {metric} {found['delta'][metric]:+.3g} ± {found['standard_error'][metric]:.2g}"
+        for metric in found["delta"]
+    )
+    return f"{name} − {reference}: {cells}: {'not worse' if found['not_worse'] else 'worse'}"
 
 
 def format_estimators(report: dict) -> str:
