@@ -63,6 +63,12 @@ class CheckpointInfo:
         }
 
 
+def steps_behind(source: Mapping[str, Any]) -> int:
+    """The training steps behind a checkpoint of this project: its run's (`trained_steps`) and those of
+    the checkpoint that run started from (`steps_before`); 0 for a converted one."""
+    return int(source.get("trained_steps", 0)) + int(source.get("steps_before", 0))
+
+
 def _file_digest(path: Path) -> str:
     with open(path, "rb") as file:
         return hashlib.file_digest(file, CHECKSUM).hexdigest()

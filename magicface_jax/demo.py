@@ -54,7 +54,7 @@ def prefer_fast_compilation() -> None:
 def describe(model_dir: Path = DEMO_MODEL) -> str:
     """One line saying what the demo model is, from its manifest."""
     info = checkpoint.read_info(model_dir)
-    steps = info.source.get("trained_steps", "?")
+    steps = checkpoint.steps_behind(info.source)
     size = info.config.vae.sample_size
     note = info.source.get("note")
     made_by = info.source.get("demo", "benchmarks/synthetic_replication.py")

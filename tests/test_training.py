@@ -364,6 +364,19 @@ def test_a_checkpoint_may_be_named_relative_to_the_working_folder(
     for ours, theirs in zip(restored, stored, strict=True):
         np.testing.assert_array_equal(np.asarray(ours), theirs)
     assert start.source[source] == str(converted.resolve())
+    assert start.source.get("steps_before", 0) == 0  # a converted checkpoint has no training behind it
+
+
+def test_a_run_counts_the_steps_behind_the_checkpoint_it_starts_from():
+    from magicface_jax import checkpoint
+
+    assert checkpoint.steps_behind({}) == 0
+    first = {"trained_steps": 4000}
+    second = {"trained_steps": 5000, "steps_before": checkpoint.steps_behind(first)}
+    assert (
+        checkpoint.steps_behind({"trained_steps": 3000, "steps_before": checkpoint.steps_behind(second)})
+        == 12000
+    )
 
 
 def train_cli(capsys, *args) -> tuple[int, str]:

@@ -180,7 +180,7 @@ def build_page(service: EditService, notice: str | None = None) -> gr.Blocks:
                         with gr.Row():
                             sweep_au = gr.Dropdown(
                                 [(controls.slider_label(au), au) for au in aus.AU_NAMES],
-                                value="AU26",  # the AU the shipped demo model follows
+                                value="AU26",  # the AU the shipped demo model follows most plainly
                                 label="AU",
                             )
                             start = gr.Slider(low, high, value=-6, step=controls.SLIDER_STEP, label="from")

@@ -116,7 +116,7 @@ def load_start(run: RunConfig, mesh: Mesh) -> Start:
             networks,
             info.scheduler,
             checkpoint.read_prompt_embeds(directory),
-            {"init_checkpoint": str(directory)},
+            {"init_checkpoint": str(directory), "steps_before": checkpoint.steps_behind(info.source)},
         )
     config = PRESETS[run.model.preset]()
     source: dict[str, Any] = {"preset": run.model.preset, "init_seed": run.model.init_seed}
