@@ -29,7 +29,9 @@ DEMO_IMAGE = DEMO_FACES / "face_2.png"
 DEMO_BACKGROUND = DEMO_FACES / "face_2_bg.png"
 # One row per AU (jaw drop, smile, brow lowerer, inner brow raiser): the source, then the AU at 0 … 5.
 DEMO_SWEEPS = ("AU26=0:5:6", "AU12=0:5:6", "AU4=0:5:6", "AU1=0:5:6")
-DEMO_STEPS = 20
+# UniPC steps: on held-out pairs 10 are no worse than the authors' 50 on any metric (docs/evaluation.md,
+# "How few steps").
+DEMO_STEPS = 10
 DEMO_SIZE = 64  # the demo model's images
 DEMO_BATCH = 6  # a sweep's row in one call
 FACES_SEED = 2026  # the demo portraits' persons: a seed no synthetic_faces split uses
