@@ -48,16 +48,40 @@ def test_the_three_models_differ_only_where_the_tables_say(tmp_path):
     for name, config in runs.items():
         assert config.output_dir == str(tmp_path / "models" / name)
         assert (config.train.steps, config.optimizer) == (main.train.steps, main.optimizer)
-    assert replication.dataset_name() == "synthetic_faces/64px_4000x200_p4_a0.4_s0_f1.4"
+    assert replication.dataset_name() == "synthetic_faces/64px_4000x200_p4_a0.4_s0"
 
 
-def test_every_table_setting_is_evaluated_once():
-    wanted = [(model, setting.name) for model, setting in replication.EVALUATIONS]
-    assert len(wanted) == len(set(wanted))
-    assert ("magicface", replication.REFERENCE.name) in wanted
-    for guidance in replication.GUIDANCES:
-        assert ("magicface", f"unipc_s50_g{guidance:g}") in wanted
+def test_a_given_vae_and_estimator_replace_their_stages(tmp_path):
+    vae, estimator = tmp_path / "my_vae", tmp_path / "my_estimator"
+    paths = replication.Paths(tmp_path / "out", vae, estimator)
+    assert replication.run_config(paths, "magicface").model.vae_checkpoint == str(vae)
+    assert paths.estimator == estimator and paths.vae_export == vae
 
 
-def test_the_vae_comes_before_the_estimator_that_reads_its_round_trips():
-    assert replication.STAGES.index("vae") < replication.STAGES.index("estimator")
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--vae", "holds no VAE"), ("--estimator", "holds no synthetic estimator")],
+)
+def test_a_given_folder_that_is_not_one_is_refused(capsys, tmp_path, flag, message):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    assert (
+        run(replication.main, ["--out", str(out), flag, str(tmp_path / "empty"), "--stages", "report"]) == 2
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()
+
+
+def test_a_rerun_must_give_what_the_first_run_was_given(capsys, tmp_path):
+    from magicface_jax.assets import DEMO_MODEL, SYNTHETIC_ESTIMATOR
+
+    out = tmp_path / "out"
+    given = ["--vae", str(DEMO_MODEL), "--estimator", str(SYNTHETIC_ESTIMATOR)]
+    assert run(replication.main, ["--out", str(out), *given, "--stages", "vae,estimator"]) == 0
+    printed = capsys.readouterr().out
+    assert f"vae: given ({DEMO_MODEL})" in printed and f"estimator: given ({SYNTHETIC_ESTIMATOR})" in printed
+    assert run(replication.main, ["--out", str(out), "--stages", "vae"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"was started with --vae {DEMO_MODEL.resolve()}" in lines[0], lines
+    assert list(out.iterdir()) == [out / "inputs.json"]  # nothing trained, nothing else written
