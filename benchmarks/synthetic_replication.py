@@ -19,8 +19,12 @@ done and resumes what is not (the VAE and MagicFace trainings resume from their 
                 image and its round trip through that VAE, which every edit has been through:
                 OUT/estimator; skipped with --estimator
     latents     the latent cache of both splits under that VAE (train.py --cache-latents)
+    pretrain    the synthetic world's SD1.5: the identity encoder trained alone as a plain UNet on the
+                target latents (`train.objective=unet`); its export, the UNet as both networks, is where
+                every model starts, as the authors' start from SD's UNet
     magicface, no_au_dropout, no_identity_encoder
-                the three models, each `train.py --config configs/synthetic_64.yaml` with its overrides
+                the three models, each `train.py --config configs/synthetic_64.yaml` with its overrides,
+                from the pretrain stage's export
     evaluations every (model, sampler, steps, guidance) of the tables, on the 200 test pairs
     report      OUT/report.md, OUT/au_mse_vs_guidance.png, OUT/steps.png, OUT/edits.png
     demo        the package's demo assets from the MagicFace model and the estimator stage's estimator
@@ -73,6 +77,9 @@ VAE = autoencoder.AutoencoderTrainConfig(
     checkpoint_every=250,
 )
 VAE_PAIRS = 600  # train pairs whose two images the VAE trains on
+# The plain UNet every model starts from: overrides of configs/synthetic_64.yaml (no validation edits: its
+# denoiser ignores the conditions until MagicFace is trained from it).
+PRETRAIN = ["train.objective=unet", "train.steps=4000", "evaluation.every_steps=0"]
 # The three models: overrides of configs/synthetic_64.yaml.
 MODELS = {
     "magicface": [],
@@ -92,7 +99,7 @@ EVALUATIONS = (
     ("no_identity_encoder", REFERENCE),
     *(("magicface", s) for s in STEPS_STUDY),
 )
-STAGES = ("data", "vae", "estimator", "latents", *MODELS, "evaluations", "report", "demo")
+STAGES = ("data", "vae", "estimator", "latents", "pretrain", *MODELS, "evaluations", "report", "demo")
 ALL_STAGES = STAGES[:-1]
 METRICS = ("au_mse", "id_l2", "background_rmse", "pose_rmse_degrees")
 HEADER = "| | AU MSE ↓ | ID L2 ↓ | background RMSE ↓ | head-pose RMSE (°) ↓ |\n|---|---|---|---|---|"
@@ -149,16 +156,21 @@ def dataset_name() -> str:
 
 
 def run_config(paths: Paths, model: str, extra: tuple[str, ...] = ()):
+    """The train.py run of `model`: "pretrain" on the frozen VAE, or one of `MODELS` from its export."""
     from magicface_jax.training.config import load_config
 
+    start = (
+        [f"model.vae_checkpoint={paths.vae_export}", *PRETRAIN]
+        if model == "pretrain"
+        else [f"init_checkpoint={paths.model('pretrain') / 'export'}", *MODELS[model]]
+    )
     overrides = [
         f"output_dir={paths.model(model)}",
         f"dataset={dataset_name()}",
         f"data.data_dir={paths.data}",
         f"data.latent_cache={paths.latents}",
-        f"model.vae_checkpoint={paths.vae_export}",
         "logging.progress=false",
-        *MODELS[model],
+        *start,
         *extra,
     ]
     return load_config(CONFIG, overrides)
@@ -244,7 +256,7 @@ def stage_latents(paths: Paths, args) -> None:
         return
     from magicface_jax.training.caching import cache_latents
 
-    cache_latents(run_config(paths, "magicface"))
+    cache_latents(run_config(paths, "pretrain"))
 
 
 def _trained_steps(export: Path) -> int:
@@ -257,7 +269,9 @@ def _trained_steps(export: Path) -> int:
 
 
 def stage_model(paths: Paths, name: str, args) -> None:
-    run = run_config(paths, name, tuple(args.train_overrides))
+    if name in MODELS and _trained_steps(paths.model("pretrain") / "export") < 0:
+        raise MagicFaceError(f"{name} starts from the pretrain stage's export: run --stages pretrain first")
+    run = run_config(paths, name, tuple(args.train_overrides) if name in MODELS else ())
     if _trained_steps(paths.model(name) / "export") >= run.train.steps:
         print(f"{name}: done ({paths.model(name) / 'export'})")
         return
@@ -527,7 +541,10 @@ def stage_report(paths: Paths, args) -> None:
         "",
         f"{len(report.pairs)} test pairs of {dataset_name()} (persons unseen in training); each source "
         "edited by its pair's AU variation with its own background condition. ± is a bootstrap standard "
-        f"error over the pairs. The estimator's own held-out errors: {held}.",
+        f"error over the pairs. The estimator's own held-out errors: {held}. Every model trained "
+        f"{_trained_steps(paths.model('magicface') / 'export')} steps from the pretrain stage's plain UNet "
+        f"({_trained_steps(paths.model('pretrain') / 'export')} steps on the target latents: the synthetic "
+        "world's SD1.5).",
         "",
         "## Table I analogue (UniPC 50 steps, guidance 3)",
         "",
@@ -681,7 +698,7 @@ def main(argv=None) -> None:
         if stage not in stages:
             continue
         start = time.perf_counter()
-        if stage in MODELS:
+        if stage == "pretrain" or stage in MODELS:
             stage_model(paths, stage, args)
         else:
             STAGE_FUNCTIONS[stage](paths, args)

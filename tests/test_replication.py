@@ -41,7 +41,7 @@ def test_the_three_models_differ_only_where_the_tables_say(tmp_path):
     runs = {name: replication.run_config(paths, name) for name in replication.MODELS}
     main = runs["magicface"]
     assert main.model.preset == "synthetic" and main.train.au_dropout == 0.1
-    assert main.model.vae_checkpoint == str(tmp_path / "vae" / "export")
+    assert main.init_checkpoint == str(tmp_path / "models" / "pretrain" / "export")
     assert main.data.latent_cache == str(tmp_path / "latents")
     assert runs["no_au_dropout"].train.au_dropout == 0.0
     assert not runs["no_identity_encoder"].train.train_identity_features
@@ -51,10 +51,28 @@ def test_the_three_models_differ_only_where_the_tables_say(tmp_path):
     assert replication.dataset_name() == "synthetic_faces/64px_4000x200_p4_a0.4_s0"
 
 
+def test_every_model_starts_from_the_plain_unet_trained_on_the_frozen_vae(tmp_path):
+    paths = replication.Paths(tmp_path)
+    pretrain = replication.run_config(paths, "pretrain")
+    assert pretrain.train.objective == "unet" and not pretrain.init_checkpoint
+    assert pretrain.model.vae_checkpoint == str(tmp_path / "vae" / "export")
+    assert pretrain.data.latent_cache == str(tmp_path / "latents")
+    assert replication.STAGES.index("pretrain") < min(replication.STAGES.index(m) for m in replication.MODELS)
+    for name in replication.MODELS:
+        assert replication.run_config(paths, name).train.objective == "magicface"
+
+
+def test_a_model_before_its_pretrained_start_is_refused(capsys, tmp_path):
+    assert run(replication.main, ["--out", str(tmp_path / "out"), "--stages", "magicface"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "run --stages pretrain first" in lines[0], lines
+    assert not (tmp_path / "out" / "models").exists()
+
+
 def test_a_given_vae_and_estimator_replace_their_stages(tmp_path):
     vae, estimator = tmp_path / "my_vae", tmp_path / "my_estimator"
     paths = replication.Paths(tmp_path / "out", vae, estimator)
-    assert replication.run_config(paths, "magicface").model.vae_checkpoint == str(vae)
+    assert replication.run_config(paths, "pretrain").model.vae_checkpoint == str(vae)
     assert paths.estimator == estimator and paths.vae_export == vae
 
 

@@ -18,7 +18,7 @@ from magicface_jax.training.config import load_config
 from magicface_jax.training.init import load_start
 from magicface_jax.training.step import draw, example_losses, loss_and_grads
 from magicface_jax.training.trainer import make_trainer
-from tests.training_fixtures import TINY_CONFIG, nano_batch, nano_run
+from tests.training_fixtures import TINY_CONFIG, nano_batch, nano_run, synthetic_pairs
 
 MESHES = {
     "one device": ((1, 1, 1), 1, 1),  # (data, fsdp, tensor), devices, accumulation steps
@@ -317,14 +317,7 @@ def test_bad_config_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    from magicface_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig, SyntheticFacesSpec
-
-    spec = SyntheticFacesSpec(resolution=64, train_pairs=16, test_pairs=2, seed=5)
-    builder = SyntheticFaces(
-        config=SyntheticFacesConfig(spec), data_dir=str(tmp_path_factory.mktemp("pairs"))
-    )
-    builder.download_and_prepare()
-    return builder.data_dir
+    return synthetic_pairs(str(tmp_path_factory.mktemp("pairs")), train_pairs=16, seed=5)
 
 
 def test_an_sd_checkpoint_is_restored_straight_into_its_shards(converted):

@@ -20,6 +20,16 @@ def nano_run(dataset: str, **overrides) -> RunConfig:
     return load_config(TINY_CONFIG, [f"{key}={value}" for key, value in pairs.items()])
 
 
+def synthetic_pairs(data_dir: str, train_pairs: int, seed: int) -> str:
+    """Builds a small 64² `synthetic_faces` dataset (2 test pairs) under `data_dir`; returns its folder."""
+    from magicface_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig, SyntheticFacesSpec
+
+    spec = SyntheticFacesSpec(resolution=64, train_pairs=train_pairs, test_pairs=2, seed=seed)
+    builder = SyntheticFaces(config=SyntheticFacesConfig(spec), data_dir=data_dir)
+    builder.download_and_prepare()
+    return builder.data_dir
+
+
 def nano_batch(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A batch of the shapes a 64² dataset gives: images in [-1, 1], AU variations."""
     rng = np.random.default_rng(seed)

@@ -114,6 +114,13 @@ class MagicFace:
         _, features = self.identity_encoder.apply({"params": encoder_params}, source_latents, 0, context)
         return features
 
+    def plain_unet_noise(
+        self, encoder_params: Params, noisy_latents: jax.Array, timesteps: jax.Array, prompt_embeds: jax.Array
+    ) -> jax.Array:
+        """The identity encoder as the plain UNet it starts from (SD's): its noise prediction, prompted."""
+        context = jnp.broadcast_to(prompt_embeds, (noisy_latents.shape[0], *prompt_embeds.shape[1:]))
+        return self.identity_encoder.apply({"params": encoder_params}, noisy_latents, timesteps, context)[0]
+
     def identity_kv(self, denoiser_params: Params, features: Sequence[jax.Array]) -> list[KeyValue]:
         """The denoiser's self-attention keys and values of the identity tokens, once per image."""
         return self.denoiser.apply({"params": denoiser_params}, features, method=UNet.identity_kv)

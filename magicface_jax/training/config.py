@@ -26,6 +26,9 @@ REMAT = ("none", "block", "full")
 KERNELS = ("plain", "sampling")
 SCHEDULES = ("constant", "cosine", "linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# magicface: the paper's objective. unet: the identity encoder trained alone as a plain text-to-image UNet
+# on the target latents, the synthetic world's SD1.5: its export starts a MagicFace as SD's UNet does.
+OBJECTIVES = ("magicface", "unet")
 EXPORT_WEIGHTS = ("ema", "raw")
 MESH_AXES = ("data", "fsdp", "tensor")
 # Logical axis -> mesh axis: FSDP over "fsdp" along the widest axes; attention heads and feed-forward
@@ -94,6 +97,7 @@ class TrainSettings:
     # A small VAE trained with a tiny KL weight can have a posterior noise larger than what an AU changes in
     # the latents: noise in the target the denoiser cannot predict (docs/evaluation.md).
     sample_posterior: bool = True  # the target latents: a posterior sample (SD's scripts); false: its mean
+    objective: str = "magicface"  # or unet: the identity encoder alone as a plain UNet, an SD of its own
 
     def check(self) -> None:
         _at_least("train.steps", self.steps, 1)
@@ -108,6 +112,7 @@ class TrainSettings:
             raise MagicFaceError(f"train.au_dropout={self.au_dropout}: expected a probability in [0, 1]")
         _one_of("train.prediction_type", self.prediction_type, PREDICTION_TYPES)
         _at_least("train.min_snr_gamma", self.min_snr_gamma, 0)
+        _one_of("train.objective", self.objective, OBJECTIVES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +223,11 @@ class RunConfig:
             value = getattr(self, field.name)
             if dataclasses.is_dataclass(value):
                 value.check()
+        if self.train.objective == "unet" and not self.model.train_identity_encoder:
+            raise MagicFaceError(
+                "train.objective=unet trains the identity encoder as a plain UNet: set "
+                "model.train_identity_encoder=true"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

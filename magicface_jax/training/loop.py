@@ -240,7 +240,9 @@ def _validation(trainer: Trainer, out: Path, events: EventLog, log: Log):
     data = validation_set([validation_record(r) for r in raw], run.evaluation)
 
     def write(step: int, state) -> None:
-        networks = exported_networks(state, trainer.frozen, "ema", run.train.train_identity_features)
+        networks = exported_networks(
+            state, trainer.frozen, "ema", run.train.train_identity_features, _plain_unet(trainer)
+        )
         grid = validation_grid(
             trainer.model,
             trainer.objective.schedule,
@@ -259,6 +261,11 @@ def _validation(trainer: Trainer, out: Path, events: EventLog, log: Log):
     return write
 
 
+def _plain_unet(trainer: Trainer):
+    """The model's config when the run trains the identity encoder as a plain UNet, else None."""
+    return trainer.start.config if trainer.run.train.objective == "unet" else None
+
+
 def _export(out: Path, trainer: Trainer, state, step: int, log: Log) -> RunResult:
     directory = out / "export"
     weights = trainer.run.checkpoint.export_weights
@@ -270,6 +277,7 @@ def _export(out: Path, trainer: Trainer, state, step: int, log: Log) -> RunResul
         weights,
         step,
         identity_features=trainer.run.train.train_identity_features,
+        plain_unet=trainer.run.train.objective == "unet",
     )
     if jax.process_index() == 0:
         log(f"exported step {step} ({weights} weights) to {directory}")

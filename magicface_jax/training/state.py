@@ -33,6 +33,8 @@ class TrainState:
 
 
 def trained_networks(run: RunConfig) -> tuple[str, ...]:
+    if run.train.objective == "unet":  # the denoiser is made from it at export
+        return ("identity_encoder",)
     names = []
     if run.model.train_identity_encoder:
         names.append("identity_encoder")

@@ -8,6 +8,10 @@ inference; the denoiser, attending to the identity encoder's features of the ide
 the noise (or v); the loss is the MSE, optionally min-SNR-γ weighted. With probability `au_dropout` an
 example's AU vector is zeroed, which is what AU guidance contrasts at sampling.
 
+With `train.objective` unet, the identity encoder alone learns to predict the noise of the target
+latents, a plain text-to-image UNet (the prompt embedding its only condition): the synthetic world's
+SD1.5, from which a MagicFace starts as the authors' starts from SD's UNet.
+
 All random draws of a step are made for the whole global batch from `fold_in(key, step)` before it is
 split into micro-batches, so a step computes the same update on any mesh and for any number of
 accumulation steps (up to float rounding).
@@ -83,14 +87,10 @@ def example_losses(
     x0 = x0 * model.config.vae.scaling_factor
     t = draws["timesteps"]
     noisy = add_noise(schedule, x0, draws["noise"], t)
-    au = batch["au_variation"] * draws["keep_au"][:, None].astype(jnp.float32)
-    features = model.identity_features(params["identity_encoder"], latents["identity_latents"], prompt_embeds)
-    if not settings.train_identity_features:
-        features = [jnp.zeros_like(f) for f in features]
-    identity_kv = model.identity_kv(params["denoiser"], features)
-    prediction = model.predict_noise(
-        params["denoiser"], noisy, latents["background_latents"], au, t, identity_kv, prompt_embeds
-    )
+    if settings.objective == "unet":
+        prediction = model.plain_unet_noise(params["identity_encoder"], noisy, t, prompt_embeds)
+    else:
+        prediction = _magicface_noise(model, settings, params, latents, batch, draws, noisy, prompt_embeds)
     target = training_target(schedule, x0, draws["noise"], t)
     losses = jnp.mean(jnp.square(prediction - target), axis=(1, 2, 3))
     if settings.min_snr_gamma:
@@ -100,6 +100,23 @@ def example_losses(
             weights = jnp.minimum(ratio, settings.min_snr_gamma) / (ratio + 1.0)
         losses = losses * weights
     return losses
+
+
+def _magicface_noise(model, settings, params, latents, batch, draws, noisy, prompt_embeds) -> jax.Array:
+    au = batch["au_variation"] * draws["keep_au"][:, None].astype(jnp.float32)
+    features = model.identity_features(params["identity_encoder"], latents["identity_latents"], prompt_embeds)
+    if not settings.train_identity_features:
+        features = [jnp.zeros_like(f) for f in features]
+    identity_kv = model.identity_kv(params["denoiser"], features)
+    return model.predict_noise(
+        params["denoiser"],
+        noisy,
+        latents["background_latents"],
+        au,
+        draws["timesteps"],
+        identity_kv,
+        prompt_embeds,
+    )
 
 
 def _micro_batches(tree: Any, count: int) -> Any:
