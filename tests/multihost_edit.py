@@ -9,16 +9,12 @@ import sys
 import jax
 import numpy as np
 
+from magicface_jax.parallel.hosts import join_processes
+
 
 def main(process_id: int, port: int, checkpoint: str, out: str) -> None:
     jax.config.update("jax_num_cpu_devices", 4)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=2,
-        process_id=process_id,
-        initialization_timeout=120,
-    )
+    join_processes(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
     from jax._src.distributed import global_state
 
     from magicface_jax.parallel.mesh import to_host

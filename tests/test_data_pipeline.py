@@ -205,14 +205,9 @@ def test_two_jax_processes_read_disjoint_complete_shards(tmp_path):
 def _worker(port: int, rank: int, dataset_dir: str, out: str) -> None:
     import jax
 
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        f"127.0.0.1:{port}",
-        num_processes=2,
-        process_id=rank,
-        initialization_timeout=60,
-        shutdown_timeout_seconds=30,
-    )
+    from magicface_jax.parallel.hosts import join_processes
+
+    join_processes(f"127.0.0.1:{port}", num_processes=2, process_id=rank)
     from jax.experimental import multihost_utils
 
     config = InputConfig(global_batch_size=4, num_epochs=1, drop_remainder=False, seed=3)

@@ -7,6 +7,9 @@ import jax
 from magicface_jax.errors import MagicFaceError
 
 INITIALIZATION_TIMEOUT_S = 300
+# JAX's default of 100 s declares a process dead when a loaded host (several processes sharing a
+# few CPU cores, a long compile) delays its heartbeats; a hung process is still caught in 5 minutes.
+HEARTBEAT_TIMEOUT_S = 300
 
 
 def join_processes(
@@ -27,6 +30,7 @@ def join_processes(
             num_processes=num_processes,
             process_id=process_id,
             initialization_timeout=INITIALIZATION_TIMEOUT_S,
+            heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
         )
     except (RuntimeError, ValueError) as err:
         raise MagicFaceError(
