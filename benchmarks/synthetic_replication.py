@@ -268,17 +268,18 @@ def _trained_steps(export: Path) -> int:
         return -1
 
 
-def stage_model(paths: Paths, name: str, args) -> None:
+def stage_model(paths: Paths, name: str, args) -> bool:
+    """Trains the model `name` (or resumes it); true when SIGTERM stopped it (after saving a checkpoint)."""
     if name in MODELS and _trained_steps(paths.model("pretrain") / "export") < 0:
         raise MagicFaceError(f"{name} starts from the pretrain stage's export: run --stages pretrain first")
     run = run_config(paths, name, tuple(args.train_overrides) if name in MODELS else ())
     if _trained_steps(paths.model(name) / "export") >= run.train.steps:
         print(f"{name}: done ({paths.model(name) / 'export'})")
-        return
+        return False
     print(f"{name}: training")
     from magicface_jax.training.loop import train
 
-    train(run)
+    return train(run).stopped_by_signal
 
 
 def stage_evaluations(paths: Paths, args) -> None:
@@ -699,7 +700,9 @@ def main(argv=None) -> None:
             continue
         start = time.perf_counter()
         if stage == "pretrain" or stage in MODELS:
-            stage_model(paths, stage, args)
+            if stage_model(paths, stage, args):
+                print(f"[{stage}: stopped by SIGTERM; the same command resumes it and the stages after it]")
+                return
         else:
             STAGE_FUNCTIONS[stage](paths, args)
         print(f"[{stage}: {time.perf_counter() - start:.0f} s]")

@@ -103,3 +103,19 @@ def test_a_rerun_must_give_what_the_first_run_was_given(capsys, tmp_path):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and f"was started with --vae {DEMO_MODEL.resolve()}" in lines[0], lines
     assert list(out.iterdir()) == [out / "inputs.json"]  # nothing trained, nothing else written
+
+
+def test_a_model_stopped_by_sigterm_ends_the_replication_there(capsys, tmp_path, monkeypatch):
+    called = []
+
+    def stopped_model(paths, name, args):
+        called.append(name)
+        return True  # as `train` returns when SIGTERM stopped it after saving
+
+    monkeypatch.setattr(replication, "stage_model", stopped_model)
+    monkeypatch.setitem(replication.STAGE_FUNCTIONS, "report", lambda paths, args: called.append("report"))
+    assert (
+        run(replication.main, ["--out", str(tmp_path / "out"), "--stages", "pretrain,magicface,report"]) == 0
+    )
+    assert called == ["pretrain"]
+    assert "[pretrain: stopped by SIGTERM; the same command resumes it" in capsys.readouterr().out

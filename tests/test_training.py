@@ -238,7 +238,8 @@ def test_a_run_without_identity_features_exports_a_zero_identity_encoder():
     trained = {n: start.networks[n] for n in ("identity_encoder", "denoiser")}
     state = TrainState(step=0, params=trained, opt_state=None, ema={}, rng=None)
     frozen = {"vae": start.networks["vae"]}
-    networks = exported_networks(state, frozen, "raw", identity_features=False)
+    zeroed = dataclasses.replace(run.train, train_identity_features=False)
+    networks = exported_networks(state, frozen, "raw", zeroed, start.config)
     assert not any(np.asarray(leaf).any() for leaf in jax.tree.leaves(networks["identity_encoder"]))
     from magicface_jax.models.magicface import MagicFace
 
@@ -246,7 +247,7 @@ def test_a_run_without_identity_features_exports_a_zero_identity_encoder():
     latents = jnp.ones((1, 16, 16, 4))
     features = model.identity_features(networks["identity_encoder"], latents, start.prompt_embeds)
     assert features and not any(np.asarray(f).any() for f in features)  # a zero UNet's features are zero
-    kept = exported_networks(state, frozen, "raw")
+    kept = exported_networks(state, frozen, "raw", run.train, start.config)
     assert np.asarray(kept["identity_encoder"]["conv_in"]["kernel"]).any()
 
 
@@ -431,6 +432,22 @@ def test_train_cli_turns_on_the_compilation_cache_before_training(tmp_path, caps
 
 
 @pytest.mark.slow
+def test_a_save_is_checked_on_disk_before_a_stop_reports_it(tmp_path):
+    import orbax.checkpoint as ocp
+
+    from magicface_jax.training import checkpoints
+    from magicface_jax.training.config import CheckpointSettings
+
+    manager = checkpoints.checkpoint_manager(tmp_path / "checkpoints", CheckpointSettings())
+    state = {"w": jnp.ones(3)}
+    manager.save(3, args=ocp.args.Composite(**{checkpoints.STATE: ocp.args.StandardSave(state)}), force=True)
+    manager.wait_until_finished()
+    checkpoints.check_saved(manager, 3)
+    with pytest.raises(MagicFaceError, match="the checkpoint of step 4 is not in"):
+        checkpoints.check_saved(manager, 4)
+    manager.close()
+
+
 def test_a_non_finite_loss_stops_the_run_without_saving_it(tmp_path, pairs):
     from magicface_jax.training.loop import train
 

@@ -15,28 +15,26 @@ from magicface_jax import checkpoint
 from magicface_jax.config import MagicFaceConfig
 from magicface_jax.models.magicface import COMPONENTS, Params
 from magicface_jax.parallel.mesh import to_host
+from magicface_jax.training.config import TrainSettings
 from magicface_jax.training.init import Start, denoiser_from_unet
 from magicface_jax.training.state import TrainState
 
 
 def exported_networks(
-    state: TrainState,
-    frozen: dict[str, Params],
-    weights: str,
-    identity_features: bool = True,
-    plain_unet: MagicFaceConfig | None = None,
+    state: TrainState, frozen: dict[str, Params], weights: str, train: TrainSettings, config: MagicFaceConfig
 ) -> dict[str, Params]:
-    """The networks to export. A denoiser trained with zeroed identity features (`identity_features`
-    false) gets an all-zero identity encoder: its features are then exactly zero at sampling too (every
-    layer of a zero UNet, normalisations included, maps to zero), so the checkpoint samples as it trained.
-    An identity encoder trained as a plain UNet (`train.objective` unet; `plain_unet` its model's config)
-    also becomes the denoiser, zero-extended, as a MagicFace starts from SD's UNet (`init.random_unets`)."""
+    """The networks to export. A denoiser trained with zeroed identity features
+    (`train.train_identity_features` false) gets an all-zero identity encoder: its features are then
+    exactly zero at sampling too (every layer of a zero UNet, normalisations included, maps to zero), so
+    the checkpoint samples as it trained. An identity encoder trained as a plain UNet (`train.objective`
+    unet) also becomes the denoiser, zero-extended, as a MagicFace starts from SD's UNet
+    (`init.random_unets`)."""
     trained = state.ema if weights == "ema" and state.ema else state.params
     networks = {**frozen, **trained}
-    if not identity_features:
+    if not train.train_identity_features:
         networks["identity_encoder"] = jax.tree.map(jnp.zeros_like, networks["identity_encoder"])
-    if plain_unet is not None:
-        extend = jax.jit(functools.partial(denoiser_from_unet, config=plain_unet))
+    if train.objective == "unet":
+        extend = jax.jit(functools.partial(denoiser_from_unet, config=config))
         networks["denoiser"] = extend(networks["identity_encoder"])
     return networks
 
@@ -48,13 +46,12 @@ def write_export(
     frozen: dict[str, Params],
     weights: str,
     step: int,
-    identity_features: bool = True,
-    plain_unet: bool = False,
+    train: TrainSettings,
 ) -> None:
     """Gathers each network to the host (one at a time) and, on process 0, writes the checkpoint. Every
     process takes part in the gathers; only process 0 writes (orbax told so, see `checkpoint`)."""
     config = dataclasses.replace(start.config, dtype="float32")  # the compute dtype is a run setting
-    networks = exported_networks(state, frozen, weights, identity_features, config if plain_unet else None)
+    networks = exported_networks(state, frozen, weights, train, config)
     writing = jax.process_index() == 0
     info = checkpoint.CheckpointInfo(
         config=config,
@@ -63,8 +60,8 @@ def write_export(
             **start.source,
             "trained_steps": step,
             "weights": weights,
-            **({} if identity_features else {"identity_features": "zero"}),
-            **({"objective": "unet"} if plain_unet else {}),
+            **({} if train.train_identity_features else {"identity_features": "zero"}),
+            **({"objective": "unet"} if train.objective == "unet" else {}),
         },
     )
     if not writing:

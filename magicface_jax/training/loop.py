@@ -145,6 +145,14 @@ def train(run: RunConfig, *, export_only: bool = False, log: Log = print) -> Run
         source.check_vae(vae_fingerprint(jax.tree.map(to_host, start.networks["vae"])))
     trainer = make_trainer(run, mesh, start)
     manager = checkpoints.checkpoint_manager(out / "checkpoints", run.checkpoint)
+    try:
+        return _train(trainer, manager, source, out, export_only, log)
+    finally:
+        manager.close()  # its threads end with the run, also when several runs share a process
+
+
+def _train(trainer: Trainer, manager, source, out: Path, export_only: bool, log: Log) -> RunResult:
+    run, mesh = trainer.run, trainer.mesh
     iterator = training_iterator(run, source, mesh)
     latest = manager.latest_step()
     where = f"a {dict(mesh.shape)} mesh of {mesh.devices.size} devices"
@@ -211,15 +219,17 @@ def train(run: RunConfig, *, export_only: bool = False, log: Log = print) -> Run
                 grids(step, state)
             progress.update(1)
             if preemption.requested:
-                log(f"SIGTERM: saved step {step}, stopping")
                 result.stopped_by_signal = True
                 break
             if step < run.train.steps:
                 batch = next(data)
+        manager.wait_until_finished()  # under the handler: a second SIGTERM does not cut the write short
     progress.close()
-    manager.wait_until_finished()
     events.close()
     result.step = step
+    if result.stopped_by_signal:
+        checkpoints.check_saved(manager, step)
+        log(f"SIGTERM: saved step {step}, stopping")
     if not result.stopped_by_signal:
         result.export_dir = _export(out, trainer, state, step, log).export_dir
     return result
@@ -240,9 +250,7 @@ def _validation(trainer: Trainer, out: Path, events: EventLog, log: Log):
     data = validation_set([validation_record(r) for r in raw], run.evaluation)
 
     def write(step: int, state) -> None:
-        networks = exported_networks(
-            state, trainer.frozen, "ema", run.train.train_identity_features, _plain_unet(trainer)
-        )
+        networks = exported_networks(state, trainer.frozen, "ema", run.train, trainer.start.config)
         grid = validation_grid(
             trainer.model,
             trainer.objective.schedule,
@@ -261,11 +269,6 @@ def _validation(trainer: Trainer, out: Path, events: EventLog, log: Log):
     return write
 
 
-def _plain_unet(trainer: Trainer):
-    """The model's config when the run trains the identity encoder as a plain UNet, else None."""
-    return trainer.start.config if trainer.run.train.objective == "unet" else None
-
-
 def _export(out: Path, trainer: Trainer, state, step: int, log: Log) -> RunResult:
     directory = out / "export"
     weights = trainer.run.checkpoint.export_weights
@@ -276,8 +279,7 @@ def _export(out: Path, trainer: Trainer, state, step: int, log: Log) -> RunResul
         trainer.frozen,
         weights,
         step,
-        identity_features=trainer.run.train.train_identity_features,
-        plain_unet=trainer.run.train.objective == "unet",
+        trainer.run.train,
     )
     if jax.process_index() == 0:
         log(f"exported step {step} ({weights} weights) to {directory}")
