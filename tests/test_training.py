@@ -432,6 +432,35 @@ def test_train_cli_turns_on_the_compilation_cache_before_training(tmp_path, caps
 
 
 @pytest.mark.slow
+def test_a_sigterm_late_in_a_step_saves_the_next_step_and_stops(tmp_path, pairs, monkeypatch):
+    import os
+    import signal
+
+    from magicface_jax.training import loop
+
+    class SignalOnThirdUpdate:  # the progress bar's update comes after the step's save decision
+        def __init__(self, *args, **kwargs):
+            self.updates = 0
+
+        def update(self, n):
+            self.updates += n
+            if self.updates == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(loop, "tqdm", SignalOnThirdUpdate)
+    out = tmp_path / "run"
+    run = nano_run(str(pairs), output_dir=str(out), train__steps=8, train__batch_size=8)
+    result = loop.train(run, log=lambda _: None)
+    assert result.stopped_by_signal and result.step == 4 and result.export_dir is None
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["4"]
+
+
 def test_a_save_is_checked_on_disk_before_a_stop_reports_it(tmp_path):
     import orbax.checkpoint as ocp
 

@@ -192,7 +192,10 @@ def _train(trainer: Trainer, manager, source, out: Path, export_only: bool, log:
             step += 1
             window_steps += 1
             logging_step = step % run.logging.every_steps == 0 or step == run.train.steps
-            saving = step % run.checkpoint.every_steps == 0 or step == run.train.steps or preemption.requested
+            # Read once: a SIGTERM that lands later in this iteration (the step computes while its metrics
+            # are fetched) stops the next one, after saving it, instead of stopping this one unsaved.
+            stopping = preemption.requested
+            saving = step % run.checkpoint.every_steps == 0 or step == run.train.steps or stopping
             if logging_step or saving:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not math.isfinite(values["loss"]):
@@ -218,7 +221,7 @@ def _train(trainer: Trainer, manager, source, out: Path, export_only: bool, log:
             if grids is not None and step % run.evaluation.every_steps == 0:
                 grids(step, state)
             progress.update(1)
-            if preemption.requested:
+            if stopping:
                 result.stopped_by_signal = True
                 break
             if step < run.train.steps:
