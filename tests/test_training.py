@@ -477,6 +477,7 @@ def test_a_save_is_checked_on_disk_before_a_stop_reports_it(tmp_path):
     manager.close()
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_without_saving_it(tmp_path, pairs):
     from magicface_jax.training.loop import train
 

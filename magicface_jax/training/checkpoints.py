@@ -37,8 +37,8 @@ def use_replica_parallel(enabled: bool) -> None:
 
 def checkpoint_manager(directory: Path, settings: CheckpointSettings) -> ocp.CheckpointManager:
     if jax.default_backend() == "cpu":
-        # CPU devices share their host's memory: splitting only multiplies small writes, about 3x the
-        # time of a save on 8 devices (benchmarks/checkpoint_save.py).
+        # CPU devices share their host's memory: splitting only multiplies small writes, 2.3x the
+        # time of a save on 8 devices (benchmarks/checkpoint_save.py, BENCHMARKS.md).
         use_replica_parallel(False)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=settings.keep,

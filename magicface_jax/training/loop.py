@@ -233,7 +233,7 @@ def _train(trainer: Trainer, manager, source, out: Path, export_only: bool, log:
     if result.stopped_by_signal:
         checkpoints.check_saved(manager, step)
         log(f"SIGTERM: saved step {step}, stopping")
-    if not result.stopped_by_signal:
+    else:
         result.export_dir = _export(out, trainer, state, step, log).export_dir
     return result
 
