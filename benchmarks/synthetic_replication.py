@@ -426,6 +426,28 @@ class Report:
         }
         return [self._measured_row(labels[name], found) for name, found in self.baselines.items()]
 
+    def by_au_table(self) -> list[str]:
+        """AU MSE of each AU: the references, then the models at the reference setting and MagicFace over
+        the guidance scales (which AUs an edit follows, and which the guidance moves)."""
+        from magicface_jax.faces.aus import AU_NAMES
+
+        labels = {"no_edit": "no edit", "vae_round_trip": "through the VAE"}
+        rows = [(labels[name], found) for name, found in self.baselines.items()]
+        rows += [
+            (f"MagicFace, guidance {g:g}", self.estimates("magicface", Setting("unipc", 50, g)))
+            for g in GUIDANCES
+        ]
+        rows += [
+            ("without AU dropout, guidance 3", self.estimates("no_au_dropout", REFERENCE)),
+            ("without the identity encoder, guidance 3", self.estimates("no_identity_encoder", REFERENCE)),
+        ]
+        lines = ["| | " + " | ".join(AU_NAMES) + " |", "|---|" + "---|" * len(AU_NAMES)]
+        for label, found in rows:
+            if found is not None:
+                by_au = self.runner.summary(self.pairs, found)["au_mse_by_au"]
+                lines.append(f"| {label} | " + " | ".join(f"{by_au[au]:.2f}" for au in AU_NAMES) + " |")
+        return lines
+
     def au_use_row(self, model: str) -> str:
         if _trained_steps(self.paths.model(model) / "export") < 0:
             return f"| {model} | not trained yet |" + " |" * (3 + len(TIMESTEP_BANDS))
@@ -570,6 +592,10 @@ def stage_report(paths: Paths, args) -> None:
             "without the identity encoder (features zeroed, trained so)", "no_identity_encoder", REFERENCE
         ),
         report.row("with the identity encoder", "magicface", REFERENCE),
+        "",
+        "## AU MSE by AU (UniPC 50 steps): which AUs the edits follow",
+        "",
+        *report.by_au_table(),
         "",
         "## Does the denoiser use the AUs? Held-out loss (cached latents, the same noise and timesteps)",
         "",
