@@ -351,6 +351,10 @@ def _vae_round_trip(paths: Paths, pairs) -> np.ndarray:
 # The references every table shows: the source returned unchanged (the paper's no-edit baseline), and the
 # source through the frozen VAE and back (what any edit costs before the denoiser does anything).
 BASELINES = {"no_edit": lambda paths, pairs: pairs.sources, "vae_round_trip": _vae_round_trip}
+BASELINE_LABELS = {
+    "no_edit": "no edit (source returned)",
+    "vae_round_trip": "no edit, through the VAE and back",
+}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -420,19 +424,14 @@ class Report:
         return f"| {label} | {_cells(metrics, self.runner.bootstrap_noise(self.pairs, found))} |"
 
     def baseline_rows(self) -> list[str]:
-        labels = {
-            "no_edit": "no edit (source returned)",
-            "vae_round_trip": "no edit, through the VAE and back",
-        }
-        return [self._measured_row(labels[name], found) for name, found in self.baselines.items()]
+        return [self._measured_row(BASELINE_LABELS[name], found) for name, found in self.baselines.items()]
 
     def by_au_table(self) -> list[str]:
         """AU MSE of each AU: the references, then the models at the reference setting and MagicFace over
         the guidance scales (which AUs an edit follows, and which the guidance moves)."""
         from magicface_jax.faces.aus import AU_NAMES
 
-        labels = {"no_edit": "no edit", "vae_round_trip": "through the VAE"}
-        rows = [(labels[name], found) for name, found in self.baselines.items()]
+        rows = [(BASELINE_LABELS[name], found) for name, found in self.baselines.items()]
         rows += [
             (f"MagicFace, guidance {g:g}", self.estimates("magicface", Setting("unipc", 50, g)))
             for g in GUIDANCES
