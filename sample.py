@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from magicface_jax import cache, cli, demo
+from magicface_jax import cache, checkpoint, cli, demo
 from magicface_jax.diffusion import SAMPLERS
 from magicface_jax.editing import commands
 from magicface_jax.editing.inputs import EditSettings, resolve_edit
@@ -31,7 +31,6 @@ from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import emotions
 from magicface_jax.pipeline import COMPUTE_DTYPES, DEFAULT_GUIDANCE, check_seed
 
-DEFAULT_STEPS = 50
 DEFAULT_SEED = 424  # the authors' script's
 DEFAULT_SAVED_PATH = "edited_images"  # the authors' script's output folder
 # The authors' model flags: this tool reads one converted checkpoint instead.
@@ -80,7 +79,8 @@ def parse_args(argv) -> argparse.Namespace:
         "--inference_steps",
         dest="steps",
         type=int,
-        help=f"sampling steps (default {DEFAULT_STEPS})",
+        help="sampling steps (default: the steps measured for the checkpoint, which it records; else the "
+        f"authors' {checkpoint.AUTHORS_STEPS})",
     )
     sampling.add_argument(
         "--guidance",
@@ -160,8 +160,8 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _apply_demo_defaults(args: argparse.Namespace) -> None:
-    """--demo fills in what was not given: the shipped model, the portrait (with its background), the AU
-    sweeps, and the demo's steps."""
+    """--demo fills in what was not given: the shipped model, the portrait (with its background) and the
+    AU sweeps."""
     if args.checkpoint is None:
         print(demo.describe())
         demo.prefer_fast_compilation()
@@ -176,10 +176,17 @@ def _apply_demo_defaults(args: argparse.Namespace) -> None:
     if all(not given for given in edit_given):
         args.sweep = list(demo.DEMO_SWEEPS)
         args.batch_size = args.batch_size or demo.DEMO_BATCH
-    if args.steps is None:
-        args.steps = demo.DEMO_STEPS
     if args.out is None:
         args.overwrite = True  # running the demo again replaces its own image, never a file the user named
+
+
+def _steps(args: argparse.Namespace) -> int:
+    """--steps, else the steps the checkpoint records as measured for it (the authors' 50 if none)."""
+    if args.steps is not None:
+        return args.steps
+    if args.checkpoint is None:  # refused when the checkpoint is checked, with the message for that
+        return checkpoint.AUTHORS_STEPS
+    return checkpoint.read_info(args.checkpoint).default_steps
 
 
 def _output(args: argparse.Namespace, suffix: str = "") -> str:
@@ -195,7 +202,7 @@ def main(argv=None) -> None:
     if args.demo:
         _apply_demo_defaults(args)
     settings = EditSettings(
-        steps=DEFAULT_STEPS if args.steps is None else args.steps,
+        steps=_steps(args),
         guidance=args.guidance,
         sampler=args.sampler,
     )

@@ -1,7 +1,8 @@
 """The model checkpoint: a directory of orbax checkpoints and a JSON manifest.
 
     CKPT/
-      magicface.json       format, model config, scheduler config, prompt, parameter dtype, provenance
+      magicface.json       format, model config, scheduler config, prompt, parameter dtype, provenance,
+                           the sampling steps measured for it (optional)
       prompt_embeds/       orbax: {"prompt_embeds": (1, 77, D)}
       identity_encoder/    orbax: Flax parameters (plain arrays)
       denoiser/            orbax
@@ -41,6 +42,29 @@ CHECKSUM = "sha256"
 # What marks a folder as an earlier checkpoint, which `overwrite` may replace: any version's manifest.
 EARLIER_CHECKPOINT = atomic.Manifest(MANIFEST, (FORMAT, BEFORE_CHECKSUMS))
 PROMPT_EMBEDS = "prompt_embeds"
+AUTHORS_STEPS = 50  # the authors' script's UniPC steps: the default of a checkpoint measured for none
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingDefault:
+    """The UniPC steps measured to edit as well as the authors' 50 with this checkpoint, and how that was
+    measured; what `sample.py`, the app and the pipeline use unless given steps."""
+
+    steps: int
+    measured: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"steps": self.steps, "measured": self.measured}
+
+    @classmethod
+    def from_json(cls, data: Any, where: Path) -> SamplingDefault:
+        steps = data.get("steps") if isinstance(data, dict) else None
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise MagicFaceError(
+                f"{where}: sampling.steps is {steps!r}, expected a whole number of at least 1; "
+                "fix or remove the sampling entry"
+            )
+        return cls(steps, str(data.get("measured", "")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +75,14 @@ class CheckpointInfo:
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
     # folder -> {file path inside it: hex digest}; filled by `CheckpointWriter.finish`
     checksums: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    sampling: SamplingDefault | None = None  # None: not measured, the authors' steps apply
+
+    @property
+    def default_steps(self) -> int:
+        return AUTHORS_STEPS if self.sampling is None else self.sampling.steps
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        found = {
             "format": FORMAT,
             "model": self.config.to_dict(),
             "scheduler": self.scheduler,
@@ -61,6 +90,7 @@ class CheckpointInfo:
             "source": self.source,
             "checksums": {CHECKSUM: self.checksums},
         }
+        return found if self.sampling is None else found | {"sampling": self.sampling.to_json()}
 
 
 def steps_behind(source: Mapping[str, Any]) -> int:
@@ -209,6 +239,7 @@ def read_info(directory: str | Path) -> CheckpointInfo:
         param_dtype=data.get("param_dtype", "float32"),
         source=data.get("source", {}),
         checksums=checksums,
+        sampling=None if "sampling" not in data else SamplingDefault.from_json(data["sampling"], manifest),
     )
 
 

@@ -29,9 +29,6 @@ DEMO_IMAGE = DEMO_FACES / "face_2.png"
 DEMO_BACKGROUND = DEMO_FACES / "face_2_bg.png"
 # One row per AU (jaw drop, smile, brow lowerer, inner brow raiser): the source, then the AU at 0 … 5.
 DEMO_SWEEPS = ("AU26=0:5:6", "AU12=0:5:6", "AU4=0:5:6", "AU1=0:5:6")
-# UniPC steps: on held-out pairs 10 are no worse than the authors' 50 on any metric (docs/evaluation.md,
-# "How few steps").
-DEMO_STEPS = 10
 DEMO_SIZE = 64  # the demo model's images
 DEMO_BATCH = 6  # a sweep's row in one call
 FACES_SEED = 2026  # the demo portraits' persons: a seed no synthetic_faces split uses
@@ -110,12 +107,14 @@ def write_demo_assets(
     estimator: Path | None = None,
     estimator_dir: Path = SYNTHETIC_ESTIMATOR,
     made_by: str = "benchmarks/synthetic_replication.py",
+    sampling: checkpoint.SamplingDefault | None = None,
 ) -> int:
     """Writes the trained checkpoint `export` (its files verified on reading) to `model_dir`, renders
     the portraits, faces at `face_scale` (the model's world), into `faces_dir`, and with `estimator` (a
     synthetic estimator of that world) copies it to `estimator_dir`; a folder there is replaced only if
     this function wrote it (its `ASSETS_MANIFEST`). `note`: what a user should know about the model,
-    printed with every demo; `made_by`: where its training is told. Returns the model's bytes."""
+    printed with every demo; `made_by`: where its training is told; `sampling`: the steps measured for
+    it, which the demo samples with (else the export's record). Returns the model's bytes."""
     from magicface_jax.evaluation.synthetic import SyntheticEstimator
     from magicface_jax.models.magicface import COMPONENTS
 
@@ -140,7 +139,7 @@ def write_demo_assets(
         for name in COMPONENTS:
             writer.write_params(name, checkpoint.read_params(export, name))
         writer.write_prompt_embeds(checkpoint.read_prompt_embeds(export))
-        writer.finish(dataclasses.replace(info, source=source))
+        writer.finish(dataclasses.replace(info, source=source, sampling=sampling or info.sampling))
         _mark(partial)
         size = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())
         if size > MAX_MODEL_BYTES:

@@ -291,9 +291,11 @@ class MagicFacePipeline:
         prompt_embeds: np.ndarray,
         schedule: NoiseSchedule,
         mesh: Mesh | None = None,
+        default_steps: int = checkpoint.AUTHORS_STEPS,
     ):
         check_params(params, config)
         self.config = config
+        self.default_steps = default_steps  # the checkpoint's measured steps, else the authors' 50
         self.model = MagicFace(config, kernels=SAMPLING)
         self.schedule = schedule
         self.mesh = mesh if mesh is not None else data_mesh()
@@ -318,6 +320,7 @@ class MagicFacePipeline:
             checkpoint.read_prompt_embeds(directory),
             NoiseSchedule.from_diffusers(info.scheduler),
             mesh,
+            info.default_steps,
         )
 
     @property
@@ -434,7 +437,7 @@ class MagicFacePipeline:
         source: ImageLike | Sequence[ImageLike],
         background: ImageLike | Sequence[ImageLike],
         au: AUInput | Sequence[AUInput],
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         guidance_scale: float = DEFAULT_GUIDANCE,
         scheduler: str = "unipc",
         seed: int = 0,
@@ -446,12 +449,15 @@ class MagicFacePipeline:
         those, or a (12,) or (B, 12) array (target − identity).
 
         Returns PIL images, a float array in [0, 1] (B, H, W, 3) for "np", or the final latents for "latent".
+        Steps default to the checkpoint's measured ones (`CheckpointInfo.sampling`), else the authors' 50.
         The authors' script uses guidance 1.5; the default is the paper's best, 3.0. At 1.0 only the
         conditional branch runs (same result, half the work). `parallelism="pmap"` runs the classic
         `jax.pmap` over the mesh's devices instead of `shard_map` over the mesh (same results).
         """
         if parallelism not in PARALLELISMS:
             raise MagicFaceError(f"parallelism {parallelism!r} is not one of {', '.join(PARALLELISMS)}")
+        if num_inference_steps is None:
+            num_inference_steps = self.default_steps
         sampler = self.make_sampler(scheduler, num_inference_steps, guidance_scale, output_type)
         request = self.prepare(source, background, au, seed, latents)
         program, args = self.compiled(request, sampler, guidance_scale, output_type, parallelism)

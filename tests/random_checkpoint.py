@@ -39,14 +39,23 @@ def random_params(config: MagicFaceConfig, seed: int = SEED) -> Params:
     }
 
 
-def write_random_checkpoint(directory: str | Path, config: MagicFaceConfig | None = None, seed: int = SEED):
-    """Writes a checkpoint of `config` (default: the tiny model) with random weights, the same every time."""
+def write_random_checkpoint(
+    directory: str | Path,
+    config: MagicFaceConfig | None = None,
+    seed: int = SEED,
+    sampling: checkpoint.SamplingDefault | None = None,
+):
+    """Writes a checkpoint of `config` (default: the tiny model) with random weights, the same every time;
+    `sampling`: the steps it records as measured for it."""
     config = config or tiny_magicface_config()
     params = random_params(config, seed)
     width = config.denoiser.cross_attention_dim
     prompt_embeds = np.random.default_rng(seed + 1).standard_normal((1, 77, width)).astype(np.float32)
     info = checkpoint.CheckpointInfo(
-        config=config, scheduler=dict(SD15_SCHEDULER_CONFIG), source={"random": "tests", "seed": seed}
+        config=config,
+        scheduler=dict(SD15_SCHEDULER_CONFIG),
+        source={"random": "tests", "seed": seed},
+        sampling=sampling,
     )
     with checkpoint.writing_checkpoint(directory) as writer:
         for name in COMPONENTS:

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from magicface_jax.app.service import EditService, Limits
+from magicface_jax.checkpoint import AUTHORS_STEPS, SamplingDefault
 from magicface_jax.editing.inputs import EditSettings
 from magicface_jax.errors import MagicFaceError
 from tests.random_checkpoint import write_random_checkpoint
@@ -29,6 +30,14 @@ def test_one_pipeline_per_device(service):
         assert device.pipe.mesh.devices.tolist() == [expected]
         leaf = jax.tree.leaves(device.pipe.params)[0]
         assert leaf.devices() == {expected}
+
+
+def test_the_page_starts_at_the_steps_measured_for_the_checkpoint(tmp_path):
+    measured = write_random_checkpoint(tmp_path / "measured", sampling=SamplingDefault(7, "on 8 pairs"))
+    service = EditService.from_checkpoint(measured, 64, num_devices=1)
+    assert service.default_settings.steps == service.devices[0].pipe.default_steps == 7
+    plain = EditService.from_checkpoint(write_random_checkpoint(tmp_path / "plain"), 64, num_devices=1)
+    assert plain.default_settings.steps == AUTHORS_STEPS  # measured for none: the authors' 50
 
 
 def _save(path, width, height):

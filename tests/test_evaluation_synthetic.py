@@ -199,7 +199,7 @@ def demo_model_report(tmp_path_factory):
     """evaluate.py on the shipped demo model and estimator, on 8 pairs of held-out persons (a seed no model
     or estimator saw) of the demo model's world, each edited by its AU variation as the demo samples
     (10 UniPC steps, guidance 3)."""
-    from magicface_jax import demo
+    from magicface_jax import checkpoint, demo
     from magicface_jax.assets import DEMO_MODEL, SYNTHETIC_ESTIMATOR
 
     spec = SyntheticFacesSpec(
@@ -214,7 +214,8 @@ def demo_model_report(tmp_path_factory):
     SyntheticFaces(config=SyntheticFacesConfig(spec), data_dir=str(data_dir)).download_and_prepare()
     report_path = tmp_path_factory.mktemp("report") / "report.json"
     argv = ["--checkpoint", DEMO_MODEL, "--dataset", f"synthetic_faces/{spec.name}", "--data-dir", data_dir]
-    argv += ["--estimator", SYNTHETIC_ESTIMATOR, "--steps", demo.DEMO_STEPS, "--json", report_path]
+    steps = checkpoint.read_info(DEMO_MODEL).default_steps
+    argv += ["--estimator", SYNTHETIC_ESTIMATOR, "--steps", steps, "--json", report_path]
     assert _evaluate(*argv) == 0
     return json.loads(report_path.read_text())
 

@@ -36,6 +36,26 @@ def test_all_stages_leave_the_shipped_demo_model_alone():
     assert set(replication.ALL_STAGES) == set(replication.STAGES) - {"demo"}
 
 
+class StepsStudy:
+    """A report stand-in: the settings its steps study found no worse than the reference."""
+
+    pairs = range(200)
+
+    def __init__(self, *within):
+        self.within = list(within)
+
+    def steps_table(self):
+        return [], self.within
+
+
+def test_the_demo_model_records_the_fewest_unipc_steps_of_equal_quality():
+    Setting = replication.Setting
+    study = StepsStudy(Setting("unipc", 50, 3.0), Setting("dpm++", 10, 3.0), Setting("unipc", 15, 3.0))
+    found = replication.fewest_unipc_steps(study)
+    assert found.steps == 15 and "on 200 held-out pairs" in found.measured and "UniPC 50" in found.measured
+    assert replication.fewest_unipc_steps(StepsStudy(Setting("ddim", 20, 3.0))) is None  # no UniPC held
+
+
 def test_the_three_models_differ_only_where_the_tables_say(tmp_path):
     paths = replication.Paths(tmp_path)
     runs = {name: replication.run_config(paths, name) for name in replication.MODELS}

@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -101,6 +102,39 @@ def test_a_checkpoint_and_images_given_as_relative_paths(capsys, converted, face
                         *STEPS, "--out", tmp_path / "edit.png", "--au", "AU12=+2")  # fmt: skip
     assert code == 0, err
     assert read(tmp_path / "edit.png").shape == (SIZE, SIZE, 3)
+
+
+def with_sampling(converted: Path, folder: Path, sampling) -> Path:
+    """A copy of the checkpoint whose manifest records `sampling` as its measured steps."""
+    copy = folder / "measured"
+    shutil.copytree(converted, copy)
+    manifest = json.loads((copy / checkpoint.MANIFEST).read_text())
+    (copy / checkpoint.MANIFEST).write_text(json.dumps(manifest | {"sampling": sampling}))
+    return copy
+
+
+def test_the_steps_default_to_those_measured_for_the_checkpoint(capsys, converted, face, tmp_path):
+    assert checkpoint.read_info(converted).default_steps == checkpoint.AUTHORS_STEPS  # measured for none
+    measured = with_sampling(converted, tmp_path, {"steps": 3, "measured": "on 8 pairs"})
+    assert checkpoint.read_info(measured).sampling == checkpoint.SamplingDefault(3, "on 8 pairs")
+    image, background = face
+    out = tmp_path / "edit.png"
+    code, stdout, err = call(capsys, "--checkpoint", measured, "--image", image, "--background", background,
+                             "--au", "AU12=+2", "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert "3 unipc steps" in stdout and read(out).shape == (SIZE, SIZE, 3)
+    code, stdout, err = edit(capsys, measured, face, tmp_path / "given.png", "--au", "AU12=+2")
+    assert code == 0 and "2 unipc steps" in stdout, err  # --steps wins
+
+
+@pytest.mark.parametrize("sampling", [{"steps": 0}, {"steps": "10"}, {"steps": True}, [10]])
+def test_a_bad_recorded_sampling_default_is_refused_in_one_line(capsys, converted, face, tmp_path, sampling):
+    measured = with_sampling(converted, tmp_path, sampling)
+    image, background = face
+    code, _, err = call(capsys, "--checkpoint", measured, "--image", image, "--background", background,
+                        "--au", "AU12=+2", "--out", tmp_path / "edit.png")  # fmt: skip
+    assert_one_line_error(code, err, "sampling.steps", "fix or remove the sampling entry")
+    assert not (tmp_path / "edit.png").exists()
 
 
 def test_authors_flags_give_the_same_edit(capsys, converted, face, tmp_path):
@@ -459,6 +493,7 @@ def test_the_shipped_demo_model_is_whole_trained_and_small():
     for name in ("identity_encoder", "denoiser", "vae"):
         checkpoint.verify_network(demo.DEMO_MODEL, name)
     assert info.source["trained_steps"] > 0
+    assert info.default_steps == 10 and "--reference unipc:50:3" in info.sampling.measured
     synthetic = synthetic_magicface_config()
     assert (info.config.denoiser, info.config.identity_encoder) == (
         synthetic.denoiser,
@@ -493,7 +528,9 @@ def test_demo_assets_are_rendered_from_a_seed_and_replace_only_their_own(tmp_pat
         estimator=demo.SYNTHETIC_ESTIMATOR,
         estimator_dir=estimator,
         made_by="docs/recipe.md",
+        sampling=checkpoint.SamplingDefault(7, "measured so"),
     )
+    assert checkpoint.read_info(model).default_steps == 7
     assert 0 < size < demo.MAX_MODEL_BYTES
     assert checkpoint.read_info(model).source["demo"] == "docs/recipe.md"
     assert "(docs/recipe.md)" in demo.describe(model)

@@ -24,12 +24,13 @@ from tests.training_fixtures import REPO, TINY_CONFIG
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("training_runs")]
 
 RUN_TIMEOUT_S = 600
-# The run the others are compared with: 8 steps on (data=2, fsdp=4), a checkpoint every 2 steps.
+# The run the others are compared with: 8 steps on (data=2, fsdp=4), a checkpoint every 4 steps (a save
+# of the 8-device state takes seconds; the preemption test checkpoints every 2 to stop mid-run).
 STEPS = 8
 COMMON = [
     "data.data_dir=",  # `dataset` is a folder
     f"train.steps={STEPS}",
-    "checkpoint.every_steps=2",
+    "checkpoint.every_steps=4",
     "checkpoint.keep=8",
     "checkpoint.export_weights=raw",
     "logging.every_steps=1",
@@ -145,7 +146,7 @@ def test_a_resume_whose_optimizer_changed_is_refused_naming_the_setting(tmp_path
 
 def test_sigterm_saves_and_a_resume_on_four_devices_continues(tmp_path, dataset, reference):
     out = tmp_path / "run"
-    process = start(command(out, dataset, "mesh.fsdp=4"))
+    process = start(command(out, dataset, "mesh.fsdp=4", "checkpoint.every_steps=2"))
     wait_for_checkpoint(out, 2, process)
     process.send_signal(signal.SIGTERM)
     log = process.communicate(timeout=RUN_TIMEOUT_S)[0]

@@ -3,7 +3,7 @@
     python -m magicface_jax.app [--checkpoint DIR] [--host 127.0.0.1] [--port 7860]
 
 Without --checkpoint it serves the shipped demo model (MagicFace trained on synthetic faces, no download)
-at the demo's size and steps. It listens on 127.0.0.1 unless given another --host. See docs/app.md.
+at the demo's size. It listens on 127.0.0.1 unless given another --host. See docs/app.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from magicface_jax import cache, cli, demo
+from magicface_jax import cache, checkpoint, cli, demo
 from magicface_jax.app import controls
 from magicface_jax.app.server import DEFAULT_HOST, DEFAULT_PORT, launch
 from magicface_jax.app.service import EditService, Limits
@@ -20,7 +20,6 @@ from magicface_jax.editing.inputs import EditSettings
 from magicface_jax.errors import MagicFaceError
 
 SIZE = 512  # MagicFace's training size
-STEPS = 50
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -34,8 +33,9 @@ def parse_args(argv) -> argparse.Namespace:
         f"{demo.DEMO_SIZE})",
     )  # fmt: skip
     parser.add_argument(
-        "--steps", type=int, help=f"default sampling steps (default {STEPS}; demo: {demo.DEMO_STEPS})"
-    )
+        "--steps", type=int, help="default sampling steps (default: the steps measured for the checkpoint, "
+        f"which it records; else the authors' {checkpoint.AUTHORS_STEPS})",
+    )  # fmt: skip
     parser.add_argument("--devices", type=int, help="edit on the first N local devices (default: all)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype override")
     parser.add_argument(
@@ -69,9 +69,8 @@ def main(argv=None) -> None:
         demo.prefer_fast_compilation()
         args.checkpoint = demo.DEMO_MODEL
         args.size = args.size or demo.DEMO_SIZE
-        args.steps = args.steps or demo.DEMO_STEPS
         print(f"note: {notice}", file=sys.stderr)
-    settings = EditSettings(steps=args.steps or STEPS)
+    settings = None if args.steps is None else EditSettings(steps=args.steps)
     cache.enable_compilation_cache(args.compilation_cache)
     start = time.perf_counter()
     service = EditService.from_checkpoint(

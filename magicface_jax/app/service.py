@@ -157,14 +157,15 @@ class EditService:
         cls,
         directory: str | Path,
         size: int,
-        default_settings: EditSettings,
+        default_settings: EditSettings | None = None,
         *,
         num_devices: int | None = None,
         dtype: str | None = None,
         limits: Limits = Limits(),
     ) -> EditService:
         """Loads the checkpoint once and places a copy on each of the first `num_devices` local devices
-        (default: all)."""
+        (default: all). `default_settings`: the page's starting values (default: the checkpoint's
+        measured steps, or the authors' 50)."""
         devices = jax.local_devices()
         if num_devices is not None:
             if not 1 <= num_devices <= len(devices):
@@ -172,10 +173,17 @@ class EditService:
             devices = devices[:num_devices]
         first = MagicFacePipeline.from_pretrained(directory, dtype=dtype, mesh=data_mesh(devices[:1]))
         pipes = [first] + [
-            MagicFacePipeline(first.config, first.params, first.prompt_embeds, first.schedule, data_mesh([d]))
+            MagicFacePipeline(
+                first.config,
+                first.params,
+                first.prompt_embeds,
+                first.schedule,
+                data_mesh([d]),
+                first.default_steps,
+            )
             for d in devices[1:]
         ]
-        return cls(pipes, size, default_settings, limits)
+        return cls(pipes, size, default_settings or EditSettings(steps=first.default_steps), limits)
 
     # ------------------------------------------------------------------------------------------ inputs
 

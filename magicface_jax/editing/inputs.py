@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from magicface_jax import atomic
+from magicface_jax.checkpoint import AUTHORS_STEPS
 from magicface_jax.diffusion import check_sampler, check_steps
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.faces import aus
@@ -29,7 +30,7 @@ NO_BACKGROUND_HINT = (
 class EditSettings:
     """How every edit of a run is sampled."""
 
-    steps: int = 50
+    steps: int = AUTHORS_STEPS
     guidance: float = DEFAULT_GUIDANCE
     sampler: str = "unipc"
 

@@ -7,6 +7,7 @@ travel separately as `{"identity_encoder": ..., "denoiser": ..., "vae": ...}`, p
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -49,11 +50,28 @@ def init_vae(config: VAEConfig, rng: jax.Array, dtype=jnp.float32) -> Params:
 
 def abstract_unet(config: UNetConfig) -> Params:
     """Shapes, dtypes and logical axis names of a UNet's parameters, computing nothing."""
-    return jax.eval_shape(lambda: init_unet(config, jax.random.key(0)))
+    return _fresh(_traced_unet(config))
 
 
 def abstract_vae(config: VAEConfig) -> Params:
+    return _fresh(_traced_vae(config))
+
+
+# Tracing a network's init takes about a second and a run asks for the same shapes several times (the
+# shardings, the train state, the checkpoint layout): each config is traced once per process.
+@functools.cache
+def _traced_unet(config: UNetConfig) -> Params:
+    return jax.eval_shape(lambda: init_unet(config, jax.random.key(0)))
+
+
+@functools.cache
+def _traced_vae(config: VAEConfig) -> Params:
     return jax.eval_shape(lambda: init_vae(config, jax.random.key(0)))
+
+
+def _fresh(tree: Params) -> Params:
+    """A copy of the cached tree's containers, so that a caller's changes stay its own."""
+    return jax.tree.map(lambda leaf: leaf, tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def init_component(config: MagicFaceConfig, name: str, rng: jax.Array) -> Params:
