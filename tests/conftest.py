@@ -4,11 +4,11 @@ cheaper CPU code generation (tests compile many small programs; compile time dom
 import os
 from pathlib import Path
 
-TEST_XLA_FLAGS = (
-    "--xla_force_host_platform_device_count=8 "
-    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+os.environ["XLA_FLAGS"] = (
+    f"{os.environ.get('XLA_FLAGS', '')} {DEVICE_COUNT_FLAG}=8 {FAST_COMPILE_XLA_FLAGS}".strip()
 )
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 # Many tests compile the same programs (each builds its own pipeline): share compilations through JAX's
 # persistent cache, across tests and across the xdist workers.
 os.environ.setdefault(
@@ -20,6 +20,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+
+
+def child_environment(devices: int | None = None) -> dict[str, str]:
+    """The environment of a process a test starts: the suite's cheaper code generation (a child at XLA's
+    defaults compiles several times longer) and `devices` CPU devices, or no device count for a child
+    that sets its own (`jax_num_cpu_devices`)."""
+    flags = [flag for flag in os.environ["XLA_FLAGS"].split() if not flag.startswith(DEVICE_COUNT_FLAG)]
+    if devices is not None:
+        flags.append(f"{DEVICE_COUNT_FLAG}={devices}")
+    return {**os.environ, "XLA_FLAGS": " ".join(flags)}
+
 
 from tests import fixtures  # noqa: E402
 

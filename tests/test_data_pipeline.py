@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -163,12 +162,13 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_jax_processes_read_disjoint_complete_shards(tmp_path):
     from magicface_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig, SyntheticFacesSpec
+    from tests.conftest import child_environment  # here: this file also runs as each process's script
 
     spec = SyntheticFacesSpec(resolution=64, train_pairs=11, test_pairs=1, pairs_per_identity=3)
     builder = SyntheticFaces(config=SyntheticFacesConfig(spec), data_dir=str(tmp_path))
     builder.download_and_prepare()
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env = child_environment() | {"JAX_PLATFORMS": "cpu"}  # each process sets its devices
     processes = [
         subprocess.Popen(
             [

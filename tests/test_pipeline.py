@@ -14,6 +14,7 @@ from magicface_jax.convert.convert import to_pytorch
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.parallel.mesh import data_mesh
 from magicface_jax.pipeline import MagicFacePipeline
+from tests.conftest import child_environment
 from tests.fixtures import nchw, nhwc
 from tests.torch_reference import TorchMagicFace, authors_edit, authors_unipc
 
@@ -235,7 +236,7 @@ def test_two_processes_share_one_mesh(converted, pipe, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}
+    env = child_environment()  # each process sets its 4 devices
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "result"
     workers = [

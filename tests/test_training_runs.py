@@ -4,7 +4,6 @@ fewer devices, over two processes, and trained until the loss halves and the exp
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -18,6 +17,7 @@ import pytest
 
 from magicface_jax import checkpoint
 from magicface_jax.models.magicface import COMPONENTS
+from tests.conftest import child_environment
 from tests.training_fixtures import REPO, TINY_CONFIG
 
 # The runs compared with `reference` share its group, so that it is trained once.
@@ -51,11 +51,6 @@ def dataset(tmp_path_factory) -> Path:
     return Path(builder.data_dir)
 
 
-def environment(devices: int) -> dict[str, str]:
-    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
-    return {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}"}
-
-
 def command(out: Path, dataset: Path, *overrides: str) -> list[str]:
     return [
         sys.executable,
@@ -71,7 +66,7 @@ def command(out: Path, dataset: Path, *overrides: str) -> list[str]:
 
 def run(args: list[str], devices: int = 8) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        args, env=environment(devices), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        args, env=child_environment(devices), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -79,7 +74,12 @@ def run(args: list[str], devices: int = 8) -> subprocess.CompletedProcess:
 
 def start(args: list[str], devices: int = 8) -> subprocess.Popen:
     return subprocess.Popen(
-        args, env=environment(devices), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        args,
+        env=child_environment(devices),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -136,7 +136,7 @@ def test_a_resume_whose_optimizer_changed_is_refused_naming_the_setting(tmp_path
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
     args = command(out, dataset, "mesh.fsdp=4", "train.steps=10", "optimizer.au_embedding_lr_factor=10")
     done = subprocess.run(
-        args, env=environment(8), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        args, env=child_environment(8), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.startswith("error: the checkpoint of step 8") and done.stderr.count("\n") == 1
