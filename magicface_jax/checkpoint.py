@@ -32,6 +32,7 @@ import numpy as np
 
 from magicface_jax import atomic
 from magicface_jax.config import MagicFaceConfig
+from magicface_jax.diffusion import check_steps
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.models.magicface import COMPONENTS
 
@@ -59,11 +60,11 @@ class SamplingDefault:
     @classmethod
     def from_json(cls, data: Any, where: Path) -> SamplingDefault:
         steps = data.get("steps") if isinstance(data, dict) else None
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise MagicFaceError(
-                f"{where}: sampling.steps is {steps!r}, expected a whole number of at least 1; "
-                "fix or remove the sampling entry"
-            )
+        try:
+            steps = check_steps(steps)
+        except MagicFaceError as err:
+            fix = "fix or remove the sampling entry"
+            raise MagicFaceError(f"{where}: sampling.steps: {err}; {fix}") from None
         return cls(steps, str(data.get("measured", "")))
 
 
