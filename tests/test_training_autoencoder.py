@@ -150,6 +150,26 @@ def test_export_sets_the_scaling_factor_and_loads_back(tmp_path):
         autoencoder.round_trip(tmp_path / "vae14", face_scale=1.0)
 
 
+def test_a_decoder_only_run_keeps_the_encoder_and_its_scaling(tmp_path):
+    data = _data()
+    start = autoencoder.init_state(CONFIG).params
+    config = dataclasses.replace(
+        CONFIG, train_encoder=False, vae=dataclasses.replace(VAE, scaling_factor=0.5), steps=2
+    )
+    with pytest.raises(MagicFaceError, match="must start from a trained VAE"):
+        autoencoder.train(config, data, tmp_path / "random", log=_silent)
+    trained = autoencoder.train(config, data, tmp_path / "decoder", log=_silent, start=start).params
+    for part in start:
+        pairs = zip(jax.tree.leaves(start[part]), jax.tree.leaves(trained[part]), strict=True)
+        unchanged = all(np.array_equal(a, b) for a, b in pairs)
+        assert unchanged == (part in autoencoder.ENCODER_PARTS), part  # no step, no weight decay
+    np.testing.assert_array_equal(
+        autoencoder.encode(VAE, trained, data[0]), autoencoder.encode(VAE, start, data[0])
+    )
+    exported = autoencoder.export_vae(tmp_path / "vae", config, trained, data[0], steps=2)
+    assert exported.scaling_factor == 0.5  # the latents are the start's: so is their scaling
+
+
 def test_a_damaged_export_is_refused_in_one_line(tmp_path):
     import shutil
 
@@ -187,6 +207,15 @@ def test_bad_settings_are_refused():
         autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=16, adam_betas=(0.5, 1.0))
     with pytest.raises(MagicFaceError, match="trains at 32"):
         autoencoder.train(autoencoder.AutoencoderTrainConfig(vae=VAE, resolution=32), _data(), "unused")
+
+
+def test_the_learning_rate_warms_up_then_decays_to_a_tenth():
+    config = dataclasses.replace(CONFIG, steps=100, warmup_steps=10, learning_rate=2e-3)
+    rates = np.array([float(autoencoder.learning_rate_schedule(config)(s)) for s in range(101)])
+    assert rates[0] == 0.0 and rates[10] == pytest.approx(2e-3)
+    assert rates.max() <= 2e-3 * (1 + 1e-6)  # never above the peak
+    assert np.all(np.diff(rates[10:]) <= 1e-12)
+    assert rates[100] == pytest.approx(2e-4)
 
 
 def test_adams_moment_decays_are_the_configs():

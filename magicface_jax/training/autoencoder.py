@@ -75,6 +75,13 @@ class AutoencoderTrainConfig:
     face_weight: float = 1.0  # weight of a face pixel's reconstruction error relative to the rest
     checkpoint_every: int = 500
     seed: int = 0
+    # False: only the decoder learns; the encoder (and quant_conv) stay as the run starts them, so the
+    # latent space, its scaling factor and a MagicFace trained on those latents stay valid. SD's ft-EMA and
+    # ft-MSE VAEs sharpened its decoder so. Such a run must start from a trained VAE (`train`'s `start`).
+    train_encoder: bool = True
+    # False: the decoder learns to decode the posterior mean, which is what a MagicFace trained on the
+    # posterior mean (`train.sample_posterior=false`, the demo model's recipe) produces.
+    sample_posterior: bool = True
 
     def __post_init__(self):
         if self.resolution % self.vae.downsample_factor:
@@ -106,32 +113,55 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array
 
 
-def optimizer(config: AutoencoderTrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1), 0.1
+ENCODER_PARTS = ("encoder", "quant_conv")  # the VAE's parameters that make the latents
+
+
+def learning_rate_schedule(config: AutoencoderTrainConfig) -> optax.Schedule:
+    """Linear warmup from 0 to `learning_rate`, then a cosine decay to a tenth of it at the last step."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=max(config.steps, config.warmup_steps + 1),
+        end_value=0.1 * config.learning_rate,
     )
+
+
+def optimizer(config: AutoencoderTrainConfig) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(config)
     b1, b2 = config.adam_betas
     adamw = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=config.weight_decay)
-    if not config.grad_clip_norm:
+    if config.grad_clip_norm:
+        adamw = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+    if config.train_encoder:
         return adamw
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+
+    def labels(params):  # the frozen parts get no step, not even weight decay
+        label = {part: "frozen" if part in ENCODER_PARTS else "trained" for part in params}
+        return {part: jax.tree.map(lambda _, part=part: label[part], tree) for part, tree in params.items()}
+
+    return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
 
 
-def init_state(config: AutoencoderTrainConfig) -> TrainState:
+def init_state(config: AutoencoderTrainConfig, start=None) -> TrainState:
+    """A fresh state from random parameters, or from a copy of the parameters `start` (the step donates
+    its state's buffers: the caller's arrays must not be among them)."""
     params_rng, rng = jax.random.split(jax.random.key(config.seed))
-    params = unbox(init_vae(config.vae, params_rng))
+    params = unbox(init_vae(config.vae, params_rng)) if start is None else jax.tree.map(jnp.array, start)
     return TrainState(jnp.int32(0), params, optimizer(config).init(params), jax.random.key_data(rng))
 
 
-def loss_fn(model: AutoencoderKL, params, images, weights, rng, kl_weight: float):
+def loss_fn(model: AutoencoderKL, params, images, weights, rng, config: AutoencoderTrainConfig):
     """(loss, metrics) for images (B, S, S, 3) in [-1, 1] and per-pixel weights (B, S, S)."""
     mean, logvar = model.apply({"params": params}, images, method=AutoencoderKL.encode)
-    latents = sample_posterior(mean, logvar, rng)
+    if not config.train_encoder:  # no gradient through the frozen encoder: its backward is not computed
+        mean, logvar = jax.lax.stop_gradient((mean, logvar))
+    latents = sample_posterior(mean, logvar, rng) if config.sample_posterior else mean
     recon = model.apply({"params": params}, latents, method=AutoencoderKL.decode)
     error = jnp.abs(recon - images).mean(-1)
     l1 = (weights * error).sum() / weights.sum()
     kl = 0.5 * (mean**2 + jnp.exp(logvar) - 1.0 - logvar).sum((1, 2, 3)).mean()
-    return l1 + kl_weight * kl, {"l1": l1, "kl": kl}
+    return l1 + config.kl_weight * kl, {"l1": l1, "kl": kl}
 
 
 @functools.cache
@@ -143,7 +173,7 @@ def make_train_step(config: AutoencoderTrainConfig) -> Callable:
     def step(state: TrainState, images, weights):
         rng, sample_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
         grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
-        (loss, metrics), grads = grad_fn(model, state.params, images, weights, sample_rng, config.kl_weight)
+        (loss, metrics), grads = grad_fn(model, state.params, images, weights, sample_rng, config)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
@@ -192,17 +222,21 @@ def train(
     log: Callable[[str], None] = print,
     log_every: int = 100,
     time_limit_s: float | None = None,
+    start=None,
 ) -> TrainState:
-    """Trains on random batches of `data` (images uint8, face masks bool); checkpoints the state under
-    `directory` every `checkpoint_every` steps and at the end, and resumes from the latest one. With
-    `time_limit_s`, stops (and checkpoints) once that much time has passed: the same call later goes on."""
+    """Trains on random batches of `data` (images uint8, face masks bool), from random parameters or those
+    of `start` (a trained VAE's); checkpoints the state under `directory` every `checkpoint_every` steps
+    and at the end, and resumes from the latest one. With `time_limit_s`, stops (and checkpoints) once that
+    much time has passed: the same call later goes on."""
     import orbax.checkpoint as ocp
 
     images, masks = data
     if images.shape[1:3] != (config.resolution, config.resolution):
         raise MagicFaceError(f"images are {images.shape[1:3]}, the config trains at {config.resolution}²")
+    if start is None and not config.train_encoder:
+        raise MagicFaceError("a run that trains only the decoder must start from a trained VAE")
     manager = _manager(Path(directory))
-    state = init_state(config)
+    state = init_state(config, start)
     if manager.latest_step() is not None:
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
         log(f"resumed from step {int(state.step)}")
@@ -323,11 +357,11 @@ def export_vae(
     `directory`, atomically; returns that config."""
     import orbax.checkpoint as ocp
 
-    vae_config = dataclasses.replace(
-        config.vae,
-        scaling_factor=latent_scaling_factor(config.vae, params, images),
-        sample_size=config.resolution,
-    )
+    # A frozen encoder keeps its latents, so their scaling too: a MagicFace trained on them stays valid.
+    scaling = config.vae.scaling_factor
+    if config.train_encoder:
+        scaling = latent_scaling_factor(config.vae, params, images)
+    vae_config = dataclasses.replace(config.vae, scaling_factor=scaling, sample_size=config.resolution)
     with atomic.atomic_directory(directory, overwrite, manifest=EXPORT_MANIFEST) as partial:
         meta = {
             "format": EXPORT_MANIFEST.formats[0],
