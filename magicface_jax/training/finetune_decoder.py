@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -112,7 +113,7 @@ def finetune_decoder(
     log(f"rendered {len(train_images[0])} train and {len(test_images)} test images in {seconds:.0f} s")
     before = held_out_error(vae.config, vae.params, test_images, test_masks)
     state = autoencoder.train(config, train_images, out, log=log, time_limit_s=time_limit_s, start=vae.params)
-    params = with_decoder(vae.params, state.params)
+    params = with_decoder(vae.params, jax.device_get(state.params))  # host arrays, as the others are
     after = held_out_error(vae.config, params, test_images, test_masks)
     record = {
         "steps": int(state.step),
