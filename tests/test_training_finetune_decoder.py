@@ -45,6 +45,38 @@ def test_the_copy_differs_only_in_the_decoder_and_a_rerun_resumes(tmp_path, caps
     assert checkpoint.read_info(export).source["vae_decoder"]["steps"] == 3
 
 
+def test_a_vae_export_gives_a_vae_export_with_its_scaling_and_steps(tmp_path):
+    from magicface_jax.config import VAEConfig
+
+    vae = VAEConfig(block_out_channels=(8, 16), norm_num_groups=4, sample_size=64)
+    config = autoencoder.AutoencoderTrainConfig(vae=vae, resolution=64)
+    images = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), np.uint8)
+    start = autoencoder.init_state(config).params
+    made = autoencoder.export_vae(tmp_path / "vae", config, start, images, steps=7, face_scale=1.4)
+    out = tmp_path / "run"
+    assert (
+        run(
+            finetune_decoder.main,
+            [
+                "--vae",
+                str(tmp_path / "vae"),
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--warmup-steps",
+                "0",
+                *TINY_RUN,
+            ],
+        )
+        == 0
+    )
+    got = autoencoder.load_vae(out / finetune_decoder.EXPORT)
+    assert got.config == made and got.steps == 8 and got.face_scale == 1.4
+    for part in start:
+        assert _same(start[part], got.params[part]) == (part in autoencoder.ENCODER_PARTS), part
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
