@@ -190,6 +190,14 @@ class CheckpointWriter:
     def write_prompt_embeds(self, prompt_embeds: np.ndarray) -> None:
         self.write_params(PROMPT_EMBEDS, {PROMPT_EMBEDS: np.asarray(prompt_embeds, np.float32)})
 
+    def copy_from(self, source: str | Path, replaced: Mapping[str, Mapping] | None = None) -> None:
+        """Every network and the prompt embedding of the checkpoint `source` (verified on reading), but the
+        networks named in `replaced`, whose parameters are written instead."""
+        replaced = replaced or {}
+        for name in COMPONENTS:
+            self.write_params(name, replaced[name] if name in replaced else read_params(source, name))
+        self.write_prompt_embeds(read_prompt_embeds(source))
+
     def finish(self, info: CheckpointInfo) -> None:
         for name in (*COMPONENTS, PROMPT_EMBEDS):
             if not (self.root / name).is_dir():

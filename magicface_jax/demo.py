@@ -116,7 +116,6 @@ def write_demo_assets(
     printed with every demo; `made_by`: where its training is told; `sampling`: the steps measured for
     it, which the demo samples with (else the export's record). Returns the model's bytes."""
     from magicface_jax.evaluation.synthetic import SyntheticEstimator
-    from magicface_jax.models.magicface import COMPONENTS
 
     info = checkpoint.read_info(export)
     found = None if estimator is None else SyntheticEstimator.load(estimator)
@@ -136,9 +135,7 @@ def write_demo_assets(
         source["note"] = note
     with atomic.atomic_directory(model_dir, True, manifest=ASSETS_MANIFEST) as partial:
         writer = checkpoint.CheckpointWriter(partial)
-        for name in COMPONENTS:
-            writer.write_params(name, checkpoint.read_params(export, name))
-        writer.write_prompt_embeds(checkpoint.read_prompt_embeds(export))
+        writer.copy_from(export)
         writer.finish(dataclasses.replace(info, source=source, sampling=sampling or info.sampling))
         _mark(partial)
         size = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())

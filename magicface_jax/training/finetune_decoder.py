@@ -28,7 +28,6 @@ from PIL import Image
 from magicface_jax import atomic, checkpoint, cli
 from magicface_jax.data.synthetic_faces import SyntheticFacesSpec
 from magicface_jax.errors import MagicFaceError
-from magicface_jax.models.magicface import COMPONENTS
 from magicface_jax.training import autoencoder
 
 EXPORT = "export"
@@ -49,9 +48,9 @@ def decoder_config(vae: autoencoder.ExportedVAE, **settings) -> autoencoder.Auto
     )
 
 
-def held_out_error(vae_config, params, images: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+def held_out_error(images: np.ndarray, recons: np.ndarray, masks: np.ndarray) -> dict[str, float]:
     """Mean |reconstruction − original| (0–255) over whole images and over their faces."""
-    error = np.abs(autoencoder.reconstruct(vae_config, params, images).astype(np.float64) - images).mean(-1)
+    error = np.abs(recons.astype(np.float64) - images).mean(-1)
     return {"image": float(error.mean()), "face": float(error[masks].mean())}
 
 
@@ -66,10 +65,7 @@ def write_checkpoint(source_dir: Path, vae_params: dict, out: Path, record: dict
     by `record` (under "vae_decoder")."""
     info = checkpoint.read_info(source_dir)
     with checkpoint.writing_checkpoint(out, overwrite=True, inputs=[source_dir]) as writer:
-        for name in COMPONENTS:
-            params = vae_params if name == "vae" else checkpoint.read_params(source_dir, name)
-            writer.write_params(name, params)
-        writer.write_prompt_embeds(checkpoint.read_prompt_embeds(source_dir))
+        writer.copy_from(source_dir, replaced={"vae": vae_params})
         writer.finish(dataclasses.replace(info, source={**info.source, "vae_decoder": record}))
 
 
@@ -111,10 +107,12 @@ def finetune_decoder(
     test_images, test_masks = autoencoder.synthetic_images(spec, "test", test_pairs)
     seconds = time.perf_counter() - start
     log(f"rendered {len(train_images[0])} train and {len(test_images)} test images in {seconds:.0f} s")
-    before = held_out_error(vae.config, vae.params, test_images, test_masks)
+    recons_before = autoencoder.reconstruct(vae.config, vae.params, test_images)
+    before = held_out_error(test_images, recons_before, test_masks)
     state = autoencoder.train(config, train_images, out, log=log, time_limit_s=time_limit_s, start=vae.params)
     params = with_decoder(vae.params, jax.device_get(state.params))  # host arrays, as the others are
-    after = held_out_error(vae.config, params, test_images, test_masks)
+    recons_after = autoencoder.reconstruct(vae.config, params, test_images)
+    after = held_out_error(test_images, recons_after, test_masks)
     record = {
         "steps": int(state.step),
         "of_steps": config.steps,
@@ -129,13 +127,8 @@ def finetune_decoder(
         autoencoder.export_vae(
             export, config, params, train_images[0][:256], steps_before + int(state.step), True, face_scale
         )
-    shown = test_images[:PICTURE_FACES]
-    picture(
-        shown,
-        autoencoder.reconstruct(vae.config, vae.params, shown),
-        autoencoder.reconstruct(vae.config, params, shown),
-        out / PICTURE,
-    )
+    shown = slice(PICTURE_FACES)
+    picture(test_images[shown], recons_before[shown], recons_after[shown], out / PICTURE)
     with atomic.atomic_file(out / RESULT, overwrite=True) as partial:
         partial.write_text(json.dumps(record, indent=2))
     return record
