@@ -25,9 +25,9 @@ MESHES = {
     "data=2 fsdp=4": ((2, 4, 1), 8, 1),
     "data=2 fsdp=2 tensor=2, 2 micro-batches": ((2, 2, 2), 8, 2),
 }
-# Each sharded step is compiled once per test process: the tests that read one share its xdist group, and
-# the two sharded meshes go to different groups, so that the suite's workers compile them side by side.
-FSDP_GROUP = pytest.mark.xdist_group("training-fsdp")
+# Each step is compiled once per test process: the tests that read one share an xdist group, so that the
+# one-device reference is computed once.
+MESH_GROUP = pytest.mark.xdist_group("training-meshes")
 
 
 def one_step(mesh_sizes, devices, accumulation):
@@ -53,15 +53,8 @@ def step_on(name: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param("data=2 fsdp=4", marks=FSDP_GROUP),
-        pytest.param(
-            "data=2 fsdp=2 tensor=2, 2 micro-batches", marks=pytest.mark.xdist_group("training-tensor")
-        ),
-    ],
-)
+@MESH_GROUP
+@pytest.mark.parametrize("name", ["data=2 fsdp=4", "data=2 fsdp=2 tensor=2, 2 micro-batches"])
 def test_a_step_is_the_same_on_every_mesh_and_with_accumulation(name):
     _, reference, reference_metrics = step_on("one device")
     _, state, metrics = step_on(name)
@@ -75,7 +68,7 @@ def test_a_step_is_the_same_on_every_mesh_and_with_accumulation(name):
 
 
 @pytest.mark.slow
-@FSDP_GROUP
+@MESH_GROUP
 def test_fsdp_splits_parameters_and_optimizer_state():
     trainer, state, _ = step_on("data=2 fsdp=4")
     params = jax.tree_util.tree_flatten_with_path(state.params)[0]

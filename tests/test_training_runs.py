@@ -193,14 +193,17 @@ def test_the_loss_halves_and_the_export_edits_a_face(tmp_path, dataset):
     from PIL import Image
 
     out = tmp_path / "run"
-    grids = ["evaluation.every_steps=60", "evaluation.num_pairs=2", "evaluation.steps=3"]
-    run(command(out, dataset, "train.steps=60", "checkpoint.every_steps=60", *grids), devices=1)
+    # 30 steps at 3e-3 bring the loss to about a third (0.48 from 1.41); the config's 1e-3 needs 60.
+    steps = 30
+    grids = [f"evaluation.every_steps={steps}", "evaluation.num_pairs=2", "evaluation.steps=3"]
+    settings = [f"train.steps={steps}", "optimizer.learning_rate=3e-3", f"checkpoint.every_steps={steps}"]
+    run(command(out, dataset, *settings, *grids), devices=1)
     curve = losses(out)
-    first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (58, 59, 60)])
+    first, last = (np.mean([curve[s] for s in ends]) for ends in ((1, 2, 3), range(steps - 2, steps + 1)))
     assert last < first / 2, (first, last)
     # Two validation pairs: the source, the reconstruction (AU = 0) and one column per configured edit.
     edits = 3
-    assert Image.open(out / "samples" / "step_000060.png").size == ((2 + edits) * 64, 2 * 64)
+    assert Image.open(out / "samples" / f"step_{steps:06d}.png").size == ((2 + edits) * 64, 2 * 64)
     picture = tmp_path / "edit.png"
     examples = REPO / "magicface_jax" / "assets" / "authors_examples"
     edit = [

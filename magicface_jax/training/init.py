@@ -11,6 +11,7 @@ thousands of steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +136,27 @@ def load_start(run: RunConfig, mesh: Mesh) -> Start:
             vae = restore_network(directory, "vae", network_shardings(config, mesh, run.mesh.rules)["vae"])
             prompt_embeds, scheduler = checkpoint.read_prompt_embeds(directory), info.scheduler
         source["vae_checkpoint"] = str(directory)
-    shardings = network_shardings(config, mesh, run.mesh.rules)
+    init_unets, init_random_vae = random_initialisations(config, mesh, tuple(run.mesh.rules))
     key = jax.random.key(run.model.init_seed)
-    unets = jax.jit(lambda: random_unets(config, key), out_shardings={n: shardings[n] for n in UNETS})()
+    unets = init_unets(key)
     if vae is None:
-        vae = jax.jit(
-            lambda: unbox(init_vae(config.vae, jax.random.fold_in(key, 1))), out_shardings=shardings["vae"]
-        )()
+        vae = init_random_vae(jax.random.fold_in(key, 1))
     if prompt_embeds is None:
         width = config.denoiser.cross_attention_dim
         prompt_embeds = np.random.default_rng(run.model.init_seed).standard_normal((1, 77, width))
     return Start(config, {**unets, "vae": vae}, scheduler, np.asarray(prompt_embeds, np.float32), source)
+
+
+# Tracing and compiling (or loading) a random initialisation takes seconds, and a process may start many runs
+# of one config (the tests do): each is made once per process. Keys are arguments, so that a seed is not.
+@functools.cache
+def random_initialisations(config: MagicFaceConfig, mesh: Mesh, rules: Rules):
+    """`(unets(key), vae(key))`: jitted random initialisations of the UNets and the VAE of `config`,
+    placed in their shardings on `mesh`."""
+    shardings = network_shardings(config, mesh, rules)
+    unets = jax.jit(lambda key: random_unets(config, key), out_shardings={n: shardings[n] for n in UNETS})
+    vae = jax.jit(lambda key: unbox(init_vae(config.vae, key)), out_shardings=shardings["vae"])
+    return unets, vae
 
 
 def random_unets(config: MagicFaceConfig, key: jax.Array) -> dict[str, Params]:
