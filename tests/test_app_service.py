@@ -16,7 +16,7 @@ from tests.random_checkpoint import write_random_checkpoint
 pytestmark = pytest.mark.slow  # loads a checkpoint onto two devices
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def service(tmp_path_factory):
     checkpoint = write_random_checkpoint(tmp_path_factory.mktemp("service") / "random")
     return EditService.from_checkpoint(

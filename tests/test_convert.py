@@ -377,7 +377,7 @@ def test_bin_and_sharded_release_convert_like_safetensors(sd_folder, release_fol
 # ------------------------------------------------------------------- time embedding wider than 4 x width
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def wide_time_release(tmp_path_factory):
     """A tiny release in the authors' layout whose configs set `time_embedding_dim` (48, not 4 x 32)."""
     from tests.fixtures import tiny_torch_magicface, wide_time_config, write_release_folder, write_sd_folder

@@ -27,7 +27,7 @@ from magicface_jax.data.png import encode_png
 from magicface_jax.errors import MagicFaceError
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def source():
     return synthetic_source(resolution=64, length=24, distinct=3)
 

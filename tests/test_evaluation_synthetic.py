@@ -20,7 +20,7 @@ TINY = synthetic.RegressorConfig(input_size=32, widths=(8, 16), hidden=16, batch
 SPEC = SyntheticFacesSpec(resolution=64, train_pairs=2, test_pairs=3, pairs_per_identity=1, seed=5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_estimator(tmp_path_factory):
     """A regressor trained for a few steps on two pairs, saved: enough to exercise every interface."""
     train = synthetic.labelled_images(synthetic.rendered_records(SPEC, "train", 2))
@@ -109,14 +109,14 @@ def test_the_estimator_reads_what_a_vae_keeps_of_an_au():
     assert half["estimated_kept"] == pytest.approx(0.5, abs=0.02)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds")
     SyntheticFaces(config=SyntheticFacesConfig(SPEC), data_dir=str(data_dir)).download_and_prepare()
     return data_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_checkpoint(tmp_path_factory):
     from tests.random_checkpoint import write_random_checkpoint
 
@@ -194,7 +194,7 @@ def test_evaluate_runs_on_a_tiny_checkpoint_and_measures_the_baseline_exactly(
     assert np.abs(round_trip.astype(int) - expected).max() <= 1
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_model_report(tmp_path_factory):
     """evaluate.py on the shipped demo model and estimator, on 8 pairs of held-out persons (a seed no model
     or estimator saw) of the demo model's world, each edited by its AU variation as the demo samples

@@ -92,7 +92,7 @@ def test_vae_matches_diffusers(torch_model):
     assert_close(nchw(model.vae_decode(params, nhwc(posterior.mean.numpy()))), decoded)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_pair(torch_model):
     """Flax parameters of the reference identity encoder and denoiser."""
     config = tiny_magicface_config()

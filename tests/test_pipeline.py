@@ -28,12 +28,12 @@ def images(count: int, seed: int, size: int = SIZE) -> np.ndarray:
 AU = np.array([[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 3, 0, -4, 0, 0, 0, 1, 0]], np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pipe(converted):
     return MagicFacePipeline.from_pretrained(converted, mesh=data_mesh(jax.devices()[:1]))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def torch_pipe(converted, tmp_path_factory):
     """The PyTorch reference, loaded from the weights that `--to-pytorch` exports."""
     out = tmp_path_factory.mktemp("exported") / "pytorch"

@@ -45,7 +45,7 @@ def _one_device(monkeypatch):
     monkeypatch.setattr(commands, "load_pipeline", one_device_pipeline)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def face(tmp_path_factory) -> tuple[Path, Path]:
     """The authors' example 00381 and its background condition at 64x64."""
     folder = tmp_path_factory.mktemp("face")

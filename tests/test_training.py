@@ -309,7 +309,7 @@ def test_bad_config_files(tmp_path):
         load_config(tmp_path / "bad.yaml")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pairs(tmp_path_factory):
     return synthetic_pairs(str(tmp_path_factory.mktemp("pairs")), train_pairs=16, seed=5)
 

@@ -55,7 +55,7 @@ def test_the_unet_objective_is_the_plain_unets_noise_error_and_trains_only_it():
     assert not np.allclose(example_losses(magicface, networks, batch, draws, prompt), losses)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def faces(tmp_path_factory):
     return synthetic_pairs(str(tmp_path_factory.mktemp("faces")), train_pairs=8, seed=7)
 

@@ -39,7 +39,7 @@ COMMON = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     from magicface_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig, SyntheticFacesSpec
 
@@ -110,7 +110,7 @@ def assert_same_params(a: dict, b: dict, atol: float = 0.0) -> None:
             np.testing.assert_array_equal(y, x, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory, dataset) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run"
     run(command(out, dataset, "mesh.fsdp=4"))
