@@ -68,7 +68,7 @@ def test_the_three_models_differ_only_where_the_tables_say(tmp_path):
     for name, config in runs.items():
         assert config.output_dir == str(tmp_path / "models" / name)
         assert (config.train.steps, config.optimizer) == (main.train.steps, main.optimizer)
-    assert replication.dataset_name() == "synthetic_faces/64px_4000x200_p4_a0.4_s0"
+    assert replication.dataset_name() == "synthetic_faces/64px_4000x200_p4_a0.4_s0_f1.4"
 
 
 def test_every_model_starts_from_the_plain_unet_trained_on_the_frozen_vae(tmp_path):
