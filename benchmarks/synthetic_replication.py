@@ -46,6 +46,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -460,24 +461,45 @@ class Report:
         """Each setting of the steps study against the reference: the difference of every metric with its
         paired standard error; the settings of equal quality (no metric worse by more than 2 SE; every
         metric is an error, lower is better)."""
-        reference = self.estimates("magicface", REFERENCE)
-        lines = [
-            "| sampler, steps | " + " | ".join(f"Δ {m}" for m in METRICS) + " | not worse |",
-            "|---|---|---|---|---|---|",
+        rows = [(f"{s.sampler} {s.steps}", self.estimates("magicface", s)) for s in (REFERENCE, *STEPS_STUDY)]
+        lines, not_worse = self.paired_table("sampler, steps", rows)
+        within = [s for s, ok in zip((REFERENCE, *STEPS_STUDY), not_worse, strict=True) if ok]
+        return lines, within
+
+    def ablations_table(self) -> list[str]:
+        """The rows of Tables IV and II against MagicFace at the reference setting, pair by pair: the
+        tables' ± are mostly the spread between pairs, which every row shares."""
+        rows = [
+            *(
+                (f"MagicFace, guidance {g:g}", self.estimates("magicface", Setting("unipc", 50, g)))
+                for g in GUIDANCES
+                if g != REFERENCE.guidance
+            ),
+            ("without AU dropout, guidance 1", self.estimates("no_au_dropout", Setting("unipc", 50, 1.0))),
+            ("without AU dropout, guidance 3", self.estimates("no_au_dropout", REFERENCE)),
+            ("without the identity encoder, guidance 3", self.estimates("no_identity_encoder", REFERENCE)),
+            (BASELINE_LABELS["vae_round_trip"], self.baselines["vae_round_trip"]),
         ]
-        within = []
-        for setting in (REFERENCE, *STEPS_STUDY):
-            found = self.estimates("magicface", setting)
+        return self.paired_table("", rows)[0]
+
+    def paired_table(self, heading: str, rows: list[tuple[str, Any]]) -> tuple[list[str], list[bool]]:
+        """Each row's metrics minus MagicFace's at the reference setting over the same pairs, with their
+        paired standard errors, and whether no metric is worse by more than 2 of them (`runner.versus`)."""
+        reference = self.estimates("magicface", REFERENCE)
+        lines = [f"| {heading} | " + " | ".join(f"Δ {m}" for m in METRICS) + " | not worse |"]
+        lines.append("|---|" + "---|" * (len(METRICS) + 1))
+        not_worse = []
+        for label, found in rows:
             if found is None or reference is None:
-                lines.append(f"| {setting.sampler} {setting.steps} | not evaluated yet | | | | |")
+                lines.append(f"| {label} | not evaluated yet |" + " |" * len(METRICS))
+                not_worse.append(False)
                 continue
             compared = self.runner.versus(self.pairs, found, reference)
             delta, noise, ok = compared["delta"], compared["standard_error"], compared["not_worse"]
-            if ok:
-                within.append(setting)
+            not_worse.append(ok)
             cells = " | ".join(f"{delta[k]:+.4g} ± {noise[k]:.2g}" for k in METRICS)
-            lines.append(f"| {setting.sampler} {setting.steps} | {cells} | {'yes' if ok else 'no'} |")
-        return lines, within
+            lines.append(f"| {label} | {cells} | {'yes' if ok else 'no'} |")
+        return lines, not_worse
 
     def guidance_plot(self, path: Path) -> None:
         plt = _pyplot()
@@ -592,6 +614,10 @@ def stage_report(paths: Paths, args) -> None:
             "without the identity encoder (features zeroed, trained so)", "no_identity_encoder", REFERENCE
         ),
         report.row("with the identity encoder", "magicface", REFERENCE),
+        "",
+        "## Tables IV and II pair by pair: differences from MagicFace at guidance 3 (negative: better)",
+        "",
+        *report.ablations_table(),
         "",
         "## AU MSE by AU (UniPC 50 steps): which AUs the edits follow",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benchmarks import synthetic_replication as replication
@@ -139,3 +140,53 @@ def test_a_model_stopped_by_sigterm_ends_the_replication_there(capsys, tmp_path,
     )
     assert called == ["pretrain"]
     assert "[pretrain: stopped by SIGTERM; the same command resumes it" in capsys.readouterr().out
+
+
+class ConstructedReport(replication.Report):
+    """The report's tables over 50 constructed pairs (every requested AU 2): MagicFace at the reference
+    reads each AU 1 off, a guidance that reads them exactly, one whose edits drift 3 off, and no other
+    evaluation yet."""
+
+    def __init__(self):
+        from magicface_jax.evaluation import runner
+
+        n = 50
+        images = np.zeros((n, 8, 8, 3), np.uint8)
+        self.runner = runner
+        self.pairs = runner.EvalPairs(
+            images, images, np.ones((n, 12)), np.ones((n, 12)), np.zeros((n, 8, 8), bool), ()
+        )
+        reads = {3.0: 3.0, 1.0: 2.0, 7.5: 5.0}
+        rng = np.random.default_rng(0)
+        self.found = {
+            g: runner.Estimates(
+                aus=np.full((n, 12), read) + rng.normal(0, 0.01, (n, 12)),
+                source_embeddings=np.zeros((n, 4)),
+                edit_embeddings=np.ones((n, 4)),
+                source_poses=np.zeros((n, 3)),
+                edit_poses=np.ones((n, 3)),
+                background_rmse=np.full(n, 0.1),
+            )
+            for g, read in reads.items()
+        }
+        self.baselines = {name: self.found[3.0] for name in replication.BASELINES}
+
+    def estimates(self, model, setting):
+        return self.found.get(setting.guidance) if model == "magicface" and setting.steps == 50 else None
+
+
+def test_the_ablations_are_compared_with_magicface_pair_by_pair():
+    lines = ConstructedReport().ablations_table()
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    assert all(len(row) == len(cells[0]) == 6 for row in cells)  # the row, four metrics, the verdict
+    rows = {label: rest for label, *rest in cells[2:]}
+
+    def au_mse_delta(label):
+        delta, standard_error = map(float, rows[label][0].split(" ± "))
+        return delta, standard_error
+
+    assert au_mse_delta("MagicFace, guidance 1") == pytest.approx((-1, 0), abs=0.01)  # AU MSE 0 against 1
+    assert au_mse_delta("MagicFace, guidance 7.5") == pytest.approx((8, 0), abs=0.01)  # 9 against 1
+    assert rows["MagicFace, guidance 1"][-1] == "yes" and rows["MagicFace, guidance 7.5"][-1] == "no"
+    assert rows["without the identity encoder, guidance 3"] == ["not evaluated yet", "", "", "", ""]
+    assert rows["no edit, through the VAE and back"] == ["+0 ± 0"] * 4 + ["yes"]
