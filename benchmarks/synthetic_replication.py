@@ -46,7 +46,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -58,7 +57,7 @@ from magicface_jax import cli
 from magicface_jax.atomic import atomic_file
 from magicface_jax.checkpoint import SamplingDefault
 from magicface_jax.errors import MagicFaceError
-from magicface_jax.evaluation.runner import Setting
+from magicface_jax.evaluation.runner import Estimates, Setting
 from magicface_jax.training import autoencoder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -461,9 +460,10 @@ class Report:
         """Each setting of the steps study against the reference: the difference of every metric with its
         paired standard error; the settings of equal quality (no metric worse by more than 2 SE; every
         metric is an error, lower is better)."""
-        rows = [(f"{s.sampler} {s.steps}", self.estimates("magicface", s)) for s in (REFERENCE, *STEPS_STUDY)]
+        settings = (REFERENCE, *STEPS_STUDY)
+        rows = [(f"{s.sampler} {s.steps}", self.estimates("magicface", s)) for s in settings]
         lines, not_worse = self.paired_table("sampler, steps", rows)
-        within = [s for s, ok in zip((REFERENCE, *STEPS_STUDY), not_worse, strict=True) if ok]
+        within = [s for s, ok in zip(settings, not_worse, strict=True) if ok]
         return lines, within
 
     def ablations_table(self) -> list[str]:
@@ -482,7 +482,9 @@ class Report:
         ]
         return self.paired_table("", rows)[0]
 
-    def paired_table(self, heading: str, rows: list[tuple[str, Any]]) -> tuple[list[str], list[bool]]:
+    def paired_table(
+        self, heading: str, rows: list[tuple[str, Estimates | None]]
+    ) -> tuple[list[str], list[bool]]:
         """Each row's metrics minus MagicFace's at the reference setting over the same pairs, with their
         paired standard errors, and whether no metric is worse by more than 2 of them (`runner.versus`)."""
         reference = self.estimates("magicface", REFERENCE)
