@@ -2,7 +2,8 @@
 baseline), Table IV (AU dropout and the guidance scale), Table II (the identity encoder) and the fewest
 sampling steps at equal quality, all on `synthetic_faces` at 64², on a CPU.
 
-    python benchmarks/synthetic_replication.py --out runs/replication            # all but demo, resumable
+    python benchmarks/synthetic_replication.py --out runs/replication            # all but the demo's; resumes
+    python benchmarks/synthetic_replication.py --out runs/replication --stages demo_model,demo  # ships it
     python benchmarks/synthetic_replication.py --out runs/replication --stages data,vae,latents
     python benchmarks/synthetic_replication.py --out runs/replication --stages report
     python benchmarks/synthetic_replication.py --out runs/rep --vae magicface_jax/assets/demo_model \
@@ -27,15 +28,20 @@ done and resumes what is not (the VAE and MagicFace trainings resume from their 
                 from the pretrain stage's export
     evaluations every (model, sampler, steps, guidance) of the tables, on the 200 test pairs
     report      OUT/report.md, OUT/au_mse_vs_guidance.png, OUT/steps.png, OUT/edits.png
-    demo        the package's demo assets from the MagicFace model and the estimator stage's estimator
-                (magicface_jax.demo.write_demo_assets); run only when named, since it replaces the
-                shipped demo model
+    demo_model  the demo model: the magicface model trained further on pairs of this world that differ
+                only in the AUs (`DEMO_MODEL`; built beside the data, with their own latent cache)
+    demo        its steps study (UniPC at `DEMO_STEPS` against 50, on the test pairs), then the
+                package's demo assets from it, the fewest UniPC steps of equal quality recorded as its
+                default, with the estimator stage's estimator (magicface_jax.demo.write_demo_assets)
+
+The demo's two stages run only when named: the demo model's training takes about as long again as the
+rest, and `demo` replaces the shipped demo model.
 
 The metrics are the paper's four (docs/evaluation.md), read by the estimator stage's synthetic estimator
 (its held-out errors are printed beside every table). Whether two settings differ is judged by a
 paired bootstrap over the test pairs (`runner.bootstrap_noise`): a setting of the steps study is of equal
 quality when none of its metrics (all errors) is worse than UniPC at 50 steps by more than two standard
-errors of the difference.
+errors of the difference and by more than 1% of UniPC 50's value (`runner.EQUAL_QUALITY_RULE`).
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ from magicface_jax import cli
 from magicface_jax.atomic import atomic_file
 from magicface_jax.checkpoint import SamplingDefault
 from magicface_jax.errors import MagicFaceError
-from magicface_jax.evaluation.runner import Estimates, Setting
+from magicface_jax.evaluation.runner import EQUAL_QUALITY_RULE, Estimates, Setting
 from magicface_jax.training import autoencoder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,6 +93,10 @@ MODELS = {
     "no_au_dropout": ["train.au_dropout=0.0"],
     "no_identity_encoder": ["train.train_identity_features=false"],
 }
+# The demo model: overrides of configs/synthetic_64.yaml, from the magicface model's export, on same-pose
+# pairs (docs/evaluation.md, "The demo model"): 8000 steps, the learning rate decaying to 0 on a cosine.
+DEMO_MODEL = ["train.steps=8000", "optimizer.schedule=cosine", "optimizer.end_factor=0"]
+DEMO_STEPS = (10, 15, 20, 25)  # UniPC steps of the demo model's steps study, against REFERENCE
 GUIDANCES = (1.0, 1.5, 3.0, 5.0, 7.5)
 REFERENCE = Setting("unipc", 50, 3.0)  # the authors' sampler and steps, the paper's guidance
 STEPS_STUDY = (
@@ -100,8 +110,10 @@ EVALUATIONS = (
     ("no_identity_encoder", REFERENCE),
     *(("magicface", s) for s in STEPS_STUDY),
 )
-STAGES = ("data", "vae", "estimator", "latents", "pretrain", *MODELS, "evaluations", "report", "demo")
-ALL_STAGES = STAGES[:-1]
+DEMO_STAGES = ("demo_model", "demo")
+STAGES = ("data", "vae", "estimator", "latents", "pretrain", *MODELS, "evaluations", "report", *DEMO_STAGES)
+ALL_STAGES = STAGES[: -len(DEMO_STAGES)]
+TRAINED_STAGES = ("pretrain", *MODELS, "demo_model")  # stages that a SIGTERM stops after a checkpoint
 METRICS = ("au_mse", "id_l2", "background_rmse", "pose_rmse_degrees")
 HEADER = "| | AU MSE ↓ | ID L2 ↓ | background RMSE ↓ | head-pose RMSE (°) ↓ |\n|---|---|---|---|---|"
 
@@ -133,9 +145,8 @@ class Paths:
     def inputs(self) -> Path:
         return self.out / "inputs.json"
 
-    @property
-    def latents(self) -> Path:
-        return self.out / "latents"
+    def latents(self, same_pose_and_scene: bool = False) -> Path:
+        return self.out / ("latents_same" if same_pose_and_scene else "latents")
 
     def model(self, name: str) -> Path:
         return self.out / "models" / name
@@ -146,30 +157,43 @@ class Paths:
     def baseline(self, name: str) -> Path:
         return self.out / "evaluations" / f"{name}.json"
 
+    @property
+    def demo_steps(self) -> Path:
+        return self.out / "evaluations" / "demo_steps.json"
 
-def dataset_name() -> str:
+
+def dataset_name(same_pose_and_scene: bool = False) -> str:
+    """The pairs the tables' models train on (pose and scene differ within a pair), or the demo model's."""
     from magicface_jax.data.synthetic_faces import SyntheticFacesSpec
 
     spec = SyntheticFacesSpec(
-        resolution=64, train_pairs=TRAIN_PAIRS, test_pairs=TEST_PAIRS, seed=0, face_scale=FACE_SCALE
+        resolution=64,
+        train_pairs=TRAIN_PAIRS,
+        test_pairs=TEST_PAIRS,
+        seed=0,
+        same_pose_and_scene=same_pose_and_scene,
+        face_scale=FACE_SCALE,
     )
     return f"synthetic_faces/{spec.name}"
 
 
 def run_config(paths: Paths, model: str, extra: tuple[str, ...] = ()):
-    """The train.py run of `model`: "pretrain" on the frozen VAE, or one of `MODELS` from its export."""
+    """The train.py run of `model`: "pretrain" on the frozen VAE, one of `MODELS` from its export, or
+    "demo" from the magicface model's."""
     from magicface_jax.training.config import load_config
 
-    start = (
-        [f"model.vae_checkpoint={paths.vae_export}", *PRETRAIN]
-        if model == "pretrain"
-        else [f"init_checkpoint={paths.model('pretrain') / 'export'}", *MODELS[model]]
-    )
+    if model == "pretrain":
+        start = [f"model.vae_checkpoint={paths.vae_export}", *PRETRAIN]
+    elif model == "demo":
+        start = [f"init_checkpoint={paths.model('magicface') / 'export'}", *DEMO_MODEL]
+    else:
+        start = [f"init_checkpoint={paths.model('pretrain') / 'export'}", *MODELS[model]]
+    same_pose_and_scene = model == "demo"
     overrides = [
         f"output_dir={paths.model(model)}",
-        f"dataset={dataset_name()}",
+        f"dataset={dataset_name(same_pose_and_scene)}",
         f"data.data_dir={paths.data}",
-        f"data.latent_cache={paths.latents}",
+        f"data.latent_cache={paths.latents(same_pose_and_scene)}",
         "logging.progress=false",
         *start,
         *extra,
@@ -185,27 +209,19 @@ def _done(marker: Path, what: str) -> bool:
     return False
 
 
-def stage_data(paths: Paths, args) -> None:
-    built = sorted((paths.data / dataset_name()).glob("*/dataset_info.json"))
-    if _done(built[0] if built else paths.data / dataset_name(), "data"):
+def stage_data(paths: Paths, args, same_pose_and_scene: bool = False) -> None:
+    name = dataset_name(same_pose_and_scene)
+    built = sorted((paths.data / name).glob("*/dataset_info.json"))
+    if _done(built[0] if built else paths.data / name, f"data ({name})"):
         return
     from magicface_jax.data import build
 
     build.main(
         [
             "synthetic_faces",
-            "--resolution",
-            "64",
-            "--num-pairs",
-            str(TRAIN_PAIRS),
-            "--num-test-pairs",
-            str(TEST_PAIRS),
-            "--face-scale",
-            str(FACE_SCALE),
-            "--workers",
-            "2",
-            "--data-dir",
-            str(paths.data),
+            *("--resolution", "64", "--num-pairs", str(TRAIN_PAIRS), "--num-test-pairs", str(TEST_PAIRS)),
+            *(["--same-pose-and-scene"] if same_pose_and_scene else []),
+            *("--face-scale", str(FACE_SCALE), "--workers", "2", "--data-dir", str(paths.data)),
         ]
     )
 
@@ -252,12 +268,14 @@ def stage_vae(paths: Paths, args) -> None:
     )
 
 
-def stage_latents(paths: Paths, args) -> None:
-    if _done(paths.latents, "latents"):
+def stage_latents(paths: Paths, args, model: str = "pretrain") -> None:
+    """The latent cache of `model`'s pairs (the pretrain stage's serve every model of the tables)."""
+    run = run_config(paths, model)
+    if _done(Path(run.data.latent_cache), f"latents ({run.dataset})"):
         return
     from magicface_jax.training.caching import cache_latents
 
-    cache_latents(run_config(paths, "pretrain"))
+    cache_latents(run)
 
 
 def _trained_steps(export: Path) -> int:
@@ -273,6 +291,13 @@ def stage_model(paths: Paths, name: str, args) -> bool:
     """Trains the model `name` (or resumes it); true when SIGTERM stopped it (after saving a checkpoint)."""
     if name in MODELS and _trained_steps(paths.model("pretrain") / "export") < 0:
         raise MagicFaceError(f"{name} starts from the pretrain stage's export: run --stages pretrain first")
+    if name == "demo":
+        if _trained_steps(paths.model("magicface") / "export") < 0:
+            raise MagicFaceError(
+                "the demo model starts from the magicface model: run --stages magicface first"
+            )
+        stage_data(paths, args, same_pose_and_scene=True)
+        stage_latents(paths, args, "demo")
     run = run_config(paths, name, tuple(args.train_overrides) if name in MODELS else ())
     if _trained_steps(paths.model(name) / "export") >= run.train.steps:
         print(f"{name}: done ({paths.model(name) / 'export'})")
@@ -359,7 +384,7 @@ BASELINE_LABELS = {
 
 
 def _write_json(path: Path, data: dict) -> None:
-    with atomic_file(path) as partial:
+    with atomic_file(path, overwrite=True) as partial:  # an evaluation of a model trained further
         partial.write_text(json.dumps(data, indent=1))
 
 
@@ -451,14 +476,14 @@ class Report:
     def au_use_row(self, model: str) -> str:
         if _trained_steps(self.paths.model(model) / "export") < 0:
             return f"| {model} | not trained yet |" + " |" * (3 + len(TIMESTEP_BANDS))
-        u = au_use(self.paths.model(model), self.paths.latents)
+        u = au_use(self.paths.model(model), self.paths.latents())
         cells = " | ".join(f"{u[k]:.5f}" for k in ("true AU", "AU = 0", "shuffled AU"))
         bands = " | ".join(f"{g * 1e5:+.1f} ± {se * 1e5:.1f}" for g, se in u["bands"].values())
         return f"| {model} | {cells} | {u['gain']:+.5f} ± {u['gain_se']:.5f} | {bands} |"
 
     def steps_table(self) -> tuple[list[str], list[Setting]]:
         """Each setting of the steps study against the reference: the difference of every metric with its
-        paired standard error; the settings of equal quality (no metric worse by more than 2 SE; every
+        paired standard error; the settings of equal quality (`runner.EQUAL_QUALITY_RULE`; every
         metric is an error, lower is better)."""
         settings = (REFERENCE, *STEPS_STUDY)
         rows = [(f"{s.sampler} {s.steps}", self.estimates("magicface", s)) for s in settings]
@@ -637,7 +662,7 @@ def stage_report(paths: Paths, args) -> None:
         "",
         *steps_lines,
         "",
-        "Fewest steps no worse than UniPC 50 on any metric (beyond 2 standard errors): "
+        f"Fewest steps of equal quality to UniPC 50 ({EQUAL_QUALITY_RULE}): "
         f"{f'{fewest.sampler} {fewest.steps}' if fewest else 'none'}.",
     ]
     report.guidance_plot(paths.out / "au_mse_vs_guidance.png")
@@ -652,34 +677,61 @@ def stage_report(paths: Paths, args) -> None:
 def stage_demo(paths: Paths, args) -> None:
     from magicface_jax import demo
 
+    export = paths.model("demo") / "export"
+    steps = _trained_steps(export)
+    if steps < 0:
+        raise MagicFaceError("the demo stage ships the demo model: run --stages demo_model first")
+    study = demo_steps_study(paths, args, steps)
+    sampling = fewest_unipc_steps(study["settings"], study["pairs"])
     shipped = paths.estimator.resolve() == demo.SYNTHETIC_ESTIMATOR.resolve()  # given: already there
-    evaluated = all(paths.baseline(name).is_file() for name in BASELINES)
-    sampling = fewest_unipc_steps(Report(paths, args.pairs)) if evaluated else None
     size = demo.write_demo_assets(
-        paths.model("magicface") / "export",
+        export,
         note=args.demo_note,
         face_scale=FACE_SCALE,
         estimator=None if shipped else paths.estimator,
         sampling=sampling,
     )
-    steps = f"{sampling.steps} UniPC steps" if sampling else "the authors' 50 steps (no fewer measured)"
     print(
-        f"demo: wrote {demo.DEMO_MODEL} ({size / 2**20:.1f} MB, sampled with {steps}), {demo.DEMO_FACES} "
-        f"and {demo.SYNTHETIC_ESTIMATOR}"
+        f"demo: wrote {demo.DEMO_MODEL} ({size / 2**20:.1f} MB, sampled with {sampling.steps} UniPC steps), "
+        f"{demo.DEMO_FACES} and {demo.SYNTHETIC_ESTIMATOR}"
     )
 
 
-def fewest_unipc_steps(report: Report) -> SamplingDefault | None:
-    """The fewest UniPC steps of the steps study no worse than the reference (UniPC 50) on any metric,
-    as the demo model's recorded default; None when none was evaluated."""
-    _, within = report.steps_table()
-    unipc = [setting.steps for setting in within if setting.sampler == REFERENCE.sampler]
-    if not unipc:
-        return None
+def demo_steps_study(paths: Paths, args, trained_steps: int) -> dict:
+    """The demo model's edits of the test pairs with UniPC at `DEMO_STEPS` and at the reference's 50, each
+    compared with the reference pair by pair (`runner.evaluate`); written once per model, pairs and rule."""
+    current = {"trained_steps": trained_steps, "equal_quality_rule": EQUAL_QUALITY_RULE}
+    if _current(paths.demo_steps, args.pairs, **current):
+        print(f"demo steps study: done ({paths.demo_steps})")
+        return json.loads(paths.demo_steps.read_text())
+    from magicface_jax.evaluation import runner
+    from magicface_jax.pipeline import MagicFacePipeline
+
+    estimators, _ = runner.estimators_for(runner.SYNTHETIC, paths.estimator)
+    pairs = runner.load_pairs(dataset_name(), "test", paths.data, args.pairs)
+    pipe = MagicFacePipeline.from_pretrained(paths.model("demo") / "export")
+    settings = [*(Setting(REFERENCE.sampler, n, REFERENCE.guidance) for n in DEMO_STEPS), REFERENCE]
+    study = runner.evaluate(
+        pipe, pairs, settings, estimators, batch_size=args.batch_size, reference=REFERENCE
+    )
+    study["trained_steps"] = trained_steps
+    _write_json(paths.demo_steps, study)
+    return study
+
+
+def fewest_unipc_steps(rows: list[dict], pairs: int) -> SamplingDefault:
+    """The fewest UniPC steps among `rows` (`runner.evaluate`'s settings, compared with the reference)
+    no worse than the reference (UniPC 50) on any metric, as the demo model's recorded default."""
+    unipc = [
+        row["setting"]["steps"]
+        for row in rows
+        if row["setting"]["sampler"] == REFERENCE.sampler and row["versus_reference"]["not_worse"]
+    ]
     return SamplingDefault(
-        min(unipc),
-        f"benchmarks/synthetic_replication.py: on {len(report.pairs)} held-out pairs no metric worse than "
-        f"UniPC {REFERENCE.steps} (guidance {REFERENCE.guidance:g}) beyond 2 paired standard errors",
+        min(unipc),  # the reference is among them, always of equal quality to itself
+        f"benchmarks/synthetic_replication.py, demo stage: the fewest UniPC steps of equal quality to UniPC "
+        f"{REFERENCE.steps} (guidance {REFERENCE.guidance:g}) on {pairs} held-out pairs, pair by pair: "
+        f"{EQUAL_QUALITY_RULE}",
     )
 
 
@@ -700,7 +752,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stages",
         default="all",
-        help=f"comma-separated, from {', '.join(STAGES)}; or all (every one but demo)",
+        help=f"comma-separated, from {', '.join(STAGES)}; or all (every one but {' and '.join(DEMO_STAGES)})",
     )
     parser.add_argument(
         "--vae",
@@ -754,7 +806,7 @@ def _check_given(paths: Paths) -> None:
 
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
-    # "all" leaves out `demo`, which replaces the package's shipped demo model: only when named.
+    # "all" leaves out the demo's stages (`demo` replaces the package's shipped demo model): only when named.
     stages = ALL_STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -771,8 +823,8 @@ def main(argv=None) -> None:
         if stage not in stages:
             continue
         start = time.perf_counter()
-        if stage == "pretrain" or stage in MODELS:
-            if stage_model(paths, stage, args):
+        if stage in TRAINED_STAGES:
+            if stage_model(paths, "demo" if stage == "demo_model" else stage, args):
                 print(f"[{stage}: stopped by SIGTERM; the same command resumes it and the stages after it]")
                 return
         else:

@@ -31,6 +31,7 @@ DEMO_BACKGROUND = DEMO_FACES / "face_2_bg.png"
 DEMO_SWEEPS = ("AU26=0:5:6", "AU12=0:5:6", "AU4=0:5:6", "AU1=0:5:6")
 DEMO_SIZE = 64  # the demo model's images
 DEMO_BATCH = 6  # a sweep's row in one call
+TRAINING_TOLD_IN = 'docs/evaluation.md, "The demo model"'  # where a demo model's training is told
 FACES_SEED = 2026  # the demo portraits' persons: a seed no synthetic_faces split uses
 FACE_COUNT = 3
 MAX_MODEL_BYTES = 20 * 2**20
@@ -56,7 +57,7 @@ def describe(model_dir: Path = DEMO_MODEL) -> str:
     steps = checkpoint.steps_behind(info.source)
     size = info.config.vae.sample_size
     note = info.source.get("note")
-    made_by = info.source.get("demo", "benchmarks/synthetic_replication.py")
+    made_by = info.source.get("demo", TRAINING_TOLD_IN)
     return (
         f"the demo model: MagicFace trained {steps} steps on procedural {size}x{size} faces "
         f"({made_by}); the portrait is a person it never saw" + (f". {note}" if note else "")
@@ -106,7 +107,7 @@ def write_demo_assets(
     face_scale: float = 1.0,
     estimator: Path | None = None,
     estimator_dir: Path = SYNTHETIC_ESTIMATOR,
-    made_by: str = "benchmarks/synthetic_replication.py",
+    made_by: str = TRAINING_TOLD_IN,
     sampling: checkpoint.SamplingDefault | None = None,
 ) -> int:
     """Writes the trained checkpoint `export` (its files verified on reading) to `model_dir`, renders

@@ -265,7 +265,7 @@ def test_bootstrap_noise_is_zero_for_equal_edits_and_shrinks_with_more_pairs():
     assert alone == pytest.approx(0.1 / np.sqrt(12 * 400), rel=0.2)
 
 
-def test_versus_holds_only_a_difference_beyond_the_noise_against_a_setting():
+def test_versus_holds_only_a_difference_beyond_the_noise_and_the_tolerance_against_a_setting():
     import dataclasses
 
     from magicface_jax.evaluation import runner
@@ -281,3 +281,11 @@ def test_versus_holds_only_a_difference_beyond_the_noise_against_a_setting():
     assert worse["delta"]["background_rmse"] == pytest.approx(0.01) and not worse["not_worse"]
     better = runner.versus(pairs, reference, blurred)  # lower errors are never held against a setting
     assert better["not_worse"]
+    # beyond the noise (the same shift on every pair: no spread) but under 1% of the reference's error
+    mean = reference.background_rmse.mean()
+    slightly = dataclasses.replace(reference, background_rmse=reference.background_rmse + 0.005 * mean)
+    invisible = runner.versus(pairs, slightly, reference)
+    assert invisible["delta"]["background_rmse"] > 2 * invisible["standard_error"]["background_rmse"]
+    assert invisible["not_worse"]
+    noticeably = dataclasses.replace(reference, background_rmse=reference.background_rmse + 0.02 * mean)
+    assert not runner.versus(pairs, noticeably, reference)["not_worse"]

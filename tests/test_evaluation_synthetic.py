@@ -167,6 +167,7 @@ def test_evaluate_runs_on_a_tiny_checkpoint_and_measures_the_baseline_exactly(
     versus = [row["versus_reference"] for row in report["settings"]]
     assert versus[1]["not_worse"] and set(versus[1]["delta"].values()) == {0.0}  # the reference itself
     fewest = report["fewest_steps_of_equal_quality"]
+    assert report["equal_quality_rule"] == "no metric worse by > 2 SE and > 1%"
     assert fewest["steps"] == (2 if versus[0]["not_worse"] else 3)
     assert "unipc_s2_g3 − unipc_s3_g3: Δ au_mse " in out and "fewest steps of equal quality to" in out
     baseline = report["baseline"]

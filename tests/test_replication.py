@@ -33,28 +33,58 @@ def test_an_out_that_is_a_file_is_refused_and_kept(capsys, tmp_path):
 
 
 def test_all_stages_leave_the_shipped_demo_model_alone():
-    assert "demo" in replication.STAGES and "demo" not in replication.ALL_STAGES
-    assert set(replication.ALL_STAGES) == set(replication.STAGES) - {"demo"}
+    assert replication.DEMO_STAGES == replication.STAGES[-2:] == ("demo_model", "demo")
+    assert set(replication.ALL_STAGES) == set(replication.STAGES) - {"demo_model", "demo"}
 
 
-class StepsStudy:
-    """A report stand-in: the settings its steps study found no worse than the reference."""
-
-    pairs = range(200)
-
-    def __init__(self, *within):
-        self.within = list(within)
-
-    def steps_table(self):
-        return [], self.within
+def _study_row(sampler: str, steps: int, not_worse: bool) -> dict:
+    """A row of `runner.evaluate`'s settings as the steps study writes it."""
+    return {
+        "setting": {"sampler": sampler, "steps": steps, "guidance": 3.0},
+        "versus_reference": {"not_worse": not_worse},
+    }
 
 
 def test_the_demo_model_records_the_fewest_unipc_steps_of_equal_quality():
-    Setting = replication.Setting
-    study = StepsStudy(Setting("unipc", 50, 3.0), Setting("dpm++", 10, 3.0), Setting("unipc", 15, 3.0))
-    found = replication.fewest_unipc_steps(study)
-    assert found.steps == 15 and "on 200 held-out pairs" in found.measured and "UniPC 50" in found.measured
-    assert replication.fewest_unipc_steps(StepsStudy(Setting("ddim", 20, 3.0))) is None  # no UniPC held
+    rows = [
+        _study_row("unipc", 10, False),  # fewer, but worse on some metric
+        _study_row("dpm++", 10, True),  # not the sampler a checkpoint's default names
+        _study_row("unipc", 20, True),
+        _study_row("unipc", 15, False),
+        _study_row("unipc", 50, True),
+    ]
+    found = replication.fewest_unipc_steps(rows, 200)
+    assert found.steps == 20 and "on 200 held-out pairs" in found.measured and "UniPC 50" in found.measured
+    only_the_reference = replication.fewest_unipc_steps(rows[:2] + rows[-1:], 64)
+    assert only_the_reference.steps == 50 and "on 64 held-out pairs" in only_the_reference.measured
+
+
+def test_the_demo_model_continues_magicface_on_same_pose_pairs(tmp_path):
+    paths = replication.Paths(tmp_path)
+    main, demo = replication.run_config(paths, "magicface"), replication.run_config(paths, "demo")
+    assert demo.init_checkpoint == str(tmp_path / "models" / "magicface" / "export")
+    assert demo.output_dir == str(tmp_path / "models" / "demo")
+    assert demo.dataset == "synthetic_faces/64px_4000x200_p4_a0.4_s0_same_f1.4"
+    assert demo.data.data_dir == main.data.data_dir
+    assert demo.data.latent_cache == str(tmp_path / "latents_same") != main.data.latent_cache
+    assert (demo.train.steps, demo.optimizer.schedule, demo.optimizer.end_factor) == (8000, "cosine", 0.0)
+    assert demo.model == main.model and demo.train.au_dropout == main.train.au_dropout
+    assert demo.optimizer.learning_rate == main.optimizer.learning_rate
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [("demo_model", "run --stages magicface first"), ("demo", "run --stages demo_model first")],
+)
+def test_the_demo_stages_before_their_model_are_refused(capsys, tmp_path, stage, message):
+    from magicface_jax import demo
+
+    shipped = sorted(p.stat().st_mtime_ns for p in demo.DEMO_MODEL.rglob("*"))
+    assert run(replication.main, ["--out", str(tmp_path / "out"), "--stages", stage]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "out" / "models").exists() and not (tmp_path / "out" / "data").exists()
+    assert sorted(p.stat().st_mtime_ns for p in demo.DEMO_MODEL.rglob("*")) == shipped
 
 
 def test_the_three_models_differ_only_where_the_tables_say(tmp_path):
@@ -70,6 +100,7 @@ def test_the_three_models_differ_only_where_the_tables_say(tmp_path):
         assert config.output_dir == str(tmp_path / "models" / name)
         assert (config.train.steps, config.optimizer) == (main.train.steps, main.optimizer)
     assert replication.dataset_name() == "synthetic_faces/64px_4000x200_p4_a0.4_s0_f1.4"
+    assert main.dataset == replication.dataset_name()
 
 
 def test_every_model_starts_from_the_plain_unet_trained_on_the_frozen_vae(tmp_path):
