@@ -30,7 +30,7 @@ done and resumes what is not (the VAE and MagicFace trainings resume from their 
     report      OUT/report.md, OUT/au_mse_vs_guidance.png, OUT/steps.png, OUT/edits.png
     demo_model  the demo model: the magicface model trained further on pairs of this world that differ
                 only in the AUs (`DEMO_MODEL`; built beside the data, with their own latent cache)
-    demo        its steps study (UniPC at `DEMO_STEPS` against 50, on the test pairs), then the
+    demo        its steps study (`DEMO_STEPS_STUDY`: UniPC against 50, on the test pairs), then the
                 package's demo assets from it, the fewest UniPC steps of equal quality recorded as its
                 default, with the estimator stage's estimator (magicface_jax.demo.write_demo_assets)
 
@@ -96,13 +96,15 @@ MODELS = {
 # The demo model: overrides of configs/synthetic_64.yaml, from the magicface model's export, on same-pose
 # pairs (docs/evaluation.md, "The demo model"): 8000 steps, the learning rate decaying to 0 on a cosine.
 DEMO_MODEL = ["train.steps=8000", "optimizer.schedule=cosine", "optimizer.end_factor=0"]
-DEMO_STEPS = (10, 15, 20, 25)  # UniPC steps of the demo model's steps study, against REFERENCE
 GUIDANCES = (1.0, 1.5, 3.0, 5.0, 7.5)
 REFERENCE = Setting("unipc", 50, 3.0)  # the authors' sampler and steps, the paper's guidance
+UNIPC_STUDY = tuple(Setting("unipc", n, 3.0) for n in (10, 15, 20, 25))  # compared with REFERENCE
 STEPS_STUDY = (
-    *(Setting("unipc", n, 3.0) for n in (10, 15, 20, 25)),
+    *UNIPC_STUDY,
     *(Setting(sampler, n, 3.0) for sampler in ("ddim", "dpm++") for n in (20, 50)),
 )
+# UniPC only: a checkpoint records the UniPC steps it samples with (`SamplingDefault`).
+DEMO_STEPS_STUDY = (*UNIPC_STUDY, REFERENCE)
 EVALUATIONS = (
     *(("magicface", Setting("unipc", 50, g)) for g in GUIDANCES),
     ("no_au_dropout", Setting("unipc", 50, 1.0)),
@@ -112,7 +114,7 @@ EVALUATIONS = (
 )
 DEMO_STAGES = ("demo_model", "demo")
 STAGES = ("data", "vae", "estimator", "latents", "pretrain", *MODELS, "evaluations", "report", *DEMO_STAGES)
-ALL_STAGES = STAGES[: -len(DEMO_STAGES)]
+ALL_STAGES = tuple(stage for stage in STAGES if stage not in DEMO_STAGES)
 TRAINED_STAGES = ("pretrain", *MODELS, "demo_model")  # stages that a SIGTERM stops after a checkpoint
 METRICS = ("au_mse", "id_l2", "background_rmse", "pose_rmse_degrees")
 HEADER = "| | AU MSE ↓ | ID L2 ↓ | background RMSE ↓ | head-pose RMSE (°) ↓ |\n|---|---|---|---|---|"
@@ -291,17 +293,15 @@ def stage_model(paths: Paths, name: str, args) -> bool:
     """Trains the model `name` (or resumes it); true when SIGTERM stopped it (after saving a checkpoint)."""
     if name in MODELS and _trained_steps(paths.model("pretrain") / "export") < 0:
         raise MagicFaceError(f"{name} starts from the pretrain stage's export: run --stages pretrain first")
-    if name == "demo":
-        if _trained_steps(paths.model("magicface") / "export") < 0:
-            raise MagicFaceError(
-                "the demo model starts from the magicface model: run --stages magicface first"
-            )
-        stage_data(paths, args, same_pose_and_scene=True)
-        stage_latents(paths, args, "demo")
+    if name == "demo" and _trained_steps(paths.model("magicface") / "export") < 0:
+        raise MagicFaceError("the demo model starts from the magicface model: run --stages magicface first")
     run = run_config(paths, name, tuple(args.train_overrides) if name in MODELS else ())
     if _trained_steps(paths.model(name) / "export") >= run.train.steps:
         print(f"{name}: done ({paths.model(name) / 'export'})")
         return False
+    if name == "demo":  # its own pairs and their latents
+        stage_data(paths, args, same_pose_and_scene=True)
+        stage_latents(paths, args, "demo")
     print(f"{name}: training")
     from magicface_jax.training.loop import train
 
@@ -511,7 +511,7 @@ class Report:
         self, heading: str, rows: list[tuple[str, Estimates | None]]
     ) -> tuple[list[str], list[bool]]:
         """Each row's metrics minus MagicFace's at the reference setting over the same pairs, with their
-        paired standard errors, and whether no metric is worse by more than 2 of them (`runner.versus`)."""
+        paired standard errors, and whether the row is of equal quality or better (`runner.versus`)."""
         reference = self.estimates("magicface", REFERENCE)
         lines = [f"| {heading} | " + " | ".join(f"Δ {m}" for m in METRICS) + " | not worse |"]
         lines.append("|---|" + "---|" * (len(METRICS) + 1))
@@ -678,11 +678,9 @@ def stage_demo(paths: Paths, args) -> None:
     from magicface_jax import demo
 
     export = paths.model("demo") / "export"
-    steps = _trained_steps(export)
-    if steps < 0:
+    if _trained_steps(export) < 0:
         raise MagicFaceError("the demo stage ships the demo model: run --stages demo_model first")
-    study = demo_steps_study(paths, args, steps)
-    sampling = fewest_unipc_steps(study["settings"], study["pairs"])
+    sampling = demo_sampling(demo_steps_study(paths, args, export))
     shipped = paths.estimator.resolve() == demo.SYNTHETIC_ESTIMATOR.resolve()  # given: already there
     size = demo.write_demo_assets(
         export,
@@ -697,10 +695,17 @@ def stage_demo(paths: Paths, args) -> None:
     )
 
 
-def demo_steps_study(paths: Paths, args, trained_steps: int) -> dict:
-    """The demo model's edits of the test pairs with UniPC at `DEMO_STEPS` and at the reference's 50, each
-    compared with the reference pair by pair (`runner.evaluate`); written once per model, pairs and rule."""
-    current = {"trained_steps": trained_steps, "equal_quality_rule": EQUAL_QUALITY_RULE}
+def demo_steps_study(paths: Paths, args, export: Path) -> dict:
+    """The edits of the test pairs by the demo model `export` with each of `DEMO_STEPS_STUDY`, compared
+    with the reference pair by pair (`runner.evaluate`); written once for these weights (their checksums),
+    settings, pairs and rule of equal quality."""
+    from magicface_jax.checkpoint import read_info
+
+    current = {
+        "checksums": read_info(export).checksums,
+        "study": [dataclasses.asdict(setting) for setting in DEMO_STEPS_STUDY],
+        "equal_quality_rule": EQUAL_QUALITY_RULE,
+    }
     if _current(paths.demo_steps, args.pairs, **current):
         print(f"demo steps study: done ({paths.demo_steps})")
         return json.loads(paths.demo_steps.read_text())
@@ -709,29 +714,24 @@ def demo_steps_study(paths: Paths, args, trained_steps: int) -> dict:
 
     estimators, _ = runner.estimators_for(runner.SYNTHETIC, paths.estimator)
     pairs = runner.load_pairs(dataset_name(), "test", paths.data, args.pairs)
-    pipe = MagicFacePipeline.from_pretrained(paths.model("demo") / "export")
-    settings = [*(Setting(REFERENCE.sampler, n, REFERENCE.guidance) for n in DEMO_STEPS), REFERENCE]
+    pipe = MagicFacePipeline.from_pretrained(export)
     study = runner.evaluate(
-        pipe, pairs, settings, estimators, batch_size=args.batch_size, reference=REFERENCE
+        pipe, pairs, DEMO_STEPS_STUDY, estimators, batch_size=args.batch_size, reference=REFERENCE
     )
-    study["trained_steps"] = trained_steps
+    study |= current
     _write_json(paths.demo_steps, study)
     return study
 
 
-def fewest_unipc_steps(rows: list[dict], pairs: int) -> SamplingDefault:
-    """The fewest UniPC steps among `rows` (`runner.evaluate`'s settings, compared with the reference)
-    no worse than the reference (UniPC 50) on any metric, as the demo model's recorded default."""
-    unipc = [
-        row["setting"]["steps"]
-        for row in rows
-        if row["setting"]["sampler"] == REFERENCE.sampler and row["versus_reference"]["not_worse"]
-    ]
+def demo_sampling(study: dict) -> SamplingDefault:
+    """The demo model's recorded default: the fewest steps of its study (all UniPC) of equal quality to
+    the reference, as `runner.evaluate` named them."""
+    fewest = study["fewest_steps_of_equal_quality"]
     return SamplingDefault(
-        min(unipc),  # the reference is among them, always of equal quality to itself
+        fewest["steps"],
         f"benchmarks/synthetic_replication.py, demo stage: the fewest UniPC steps of equal quality to UniPC "
-        f"{REFERENCE.steps} (guidance {REFERENCE.guidance:g}) on {pairs} held-out pairs, pair by pair: "
-        f"{EQUAL_QUALITY_RULE}",
+        f"{REFERENCE.steps} (guidance {REFERENCE.guidance:g}) on {study['pairs']} held-out pairs, pair by "
+        f"pair: {study['equal_quality_rule']}",
     )
 
 
@@ -770,7 +770,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="edits per sampling call")
     parser.add_argument("--demo-note", default="", help="demo stage: what users should know about the model")
     parser.add_argument(
-        "--train-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="for every model's train.py run"
+        "--train-overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="for the train.py runs of the tables' three models",
     )
     return parser
 

@@ -276,6 +276,9 @@ def test_versus_holds_only_a_difference_beyond_the_noise_and_the_tolerance_again
     # within the noise: another draw of the same distribution
     other = runner.versus(pairs, _estimates(200, 5), reference)
     assert other["delta"]["au_mse"] != 0 and other["standard_error"]["au_mse"] > 0
+    assert other["not_worse"]  # ID L2 worse by more than 1% of the reference's, but within the noise
+    one_percent = runner.EQUAL_QUALITY_TOLERANCE * runner.metrics_of(pairs, reference)["id_l2"]
+    assert one_percent < other["delta"]["id_l2"] < 2 * other["standard_error"]["id_l2"]
     blurred = dataclasses.replace(reference, background_rmse=reference.background_rmse + 0.01)
     worse = runner.versus(pairs, blurred, reference)
     assert worse["delta"]["background_rmse"] == pytest.approx(0.01) and not worse["not_worse"]

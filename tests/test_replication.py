@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -37,26 +39,50 @@ def test_all_stages_leave_the_shipped_demo_model_alone():
     assert set(replication.ALL_STAGES) == set(replication.STAGES) - {"demo_model", "demo"}
 
 
-def _study_row(sampler: str, steps: int, not_worse: bool) -> dict:
-    """A row of `runner.evaluate`'s settings as the steps study writes it."""
-    return {
-        "setting": {"sampler": sampler, "steps": steps, "guidance": 3.0},
-        "versus_reference": {"not_worse": not_worse},
+def test_the_demo_model_records_the_fewest_steps_its_study_found():
+    study = {
+        "pairs": 200,
+        "fewest_steps_of_equal_quality": {"sampler": "unipc", "steps": 15, "guidance": 3.0},
+        "equal_quality_rule": "no metric worse by > 2 SE and > 1%",
     }
+    found = replication.demo_sampling(study)
+    assert found.steps == 15 and "on 200 held-out pairs" in found.measured and "UniPC 50" in found.measured
+    assert found.measured.endswith("no metric worse by > 2 SE and > 1%")
+    assert {s.sampler for s in replication.DEMO_STEPS_STUDY} == {"unipc"}  # what a checkpoint records
+    assert replication.REFERENCE in replication.DEMO_STEPS_STUDY
 
 
-def test_the_demo_model_records_the_fewest_unipc_steps_of_equal_quality():
-    rows = [
-        _study_row("unipc", 10, False),  # fewer, but worse on some metric
-        _study_row("dpm++", 10, True),  # not the sampler a checkpoint's default names
-        _study_row("unipc", 20, True),
-        _study_row("unipc", 15, False),
-        _study_row("unipc", 50, True),
-    ]
-    found = replication.fewest_unipc_steps(rows, 200)
-    assert found.steps == 20 and "on 200 held-out pairs" in found.measured and "UniPC 50" in found.measured
-    only_the_reference = replication.fewest_unipc_steps(rows[:2] + rows[-1:], 64)
-    assert only_the_reference.steps == 50 and "on 64 held-out pairs" in only_the_reference.measured
+def test_the_demo_steps_study_is_made_once_for_its_weights_settings_pairs_and_rule(tmp_path, monkeypatch):
+    from magicface_jax.evaluation import runner
+    from magicface_jax.pipeline import MagicFacePipeline
+    from tests.random_checkpoint import write_random_checkpoint
+
+    made = []
+
+    def evaluate(pipe, pairs, settings, estimators, batch_size, reference):
+        made.append(tuple(settings))
+        fewest = {"sampler": "unipc", "steps": 10, "guidance": 3.0}
+        return {"pairs": len(pairs), "settings": [], "fewest_steps_of_equal_quality": fewest}
+
+    monkeypatch.setattr(runner, "estimators_for", lambda *args: (None, None))
+    monkeypatch.setattr(runner, "load_pairs", lambda dataset, split, data_dir, num: list(range(num)))
+    monkeypatch.setattr(runner, "evaluate", evaluate)
+    monkeypatch.setattr(MagicFacePipeline, "from_pretrained", classmethod(lambda cls, path: None))
+    paths, args = replication.Paths(tmp_path / "out"), argparse.Namespace(pairs=4, batch_size=2)
+    export = write_random_checkpoint(tmp_path / "export")
+
+    first = replication.demo_steps_study(paths, args, export)
+    assert made == [replication.DEMO_STEPS_STUDY] and first["equal_quality_rule"] == runner.EQUAL_QUALITY_RULE
+    assert replication.demo_steps_study(paths, args, export) == first and len(made) == 1  # read back
+    replication.demo_steps_study(paths, argparse.Namespace(pairs=3, batch_size=2), export)  # other pairs
+    other_weights = write_random_checkpoint(tmp_path / "other", seed=1)
+    replication.demo_steps_study(paths, argparse.Namespace(pairs=3, batch_size=2), other_weights)
+    monkeypatch.setattr(replication, "DEMO_STEPS_STUDY", replication.DEMO_STEPS_STUDY[1:])
+    replication.demo_steps_study(paths, argparse.Namespace(pairs=3, batch_size=2), other_weights)
+    monkeypatch.setattr(runner, "EQUAL_QUALITY_RULE", "another rule")
+    monkeypatch.setattr(replication, "EQUAL_QUALITY_RULE", "another rule")
+    replication.demo_steps_study(paths, argparse.Namespace(pairs=3, batch_size=2), other_weights)
+    assert len(made) == 5  # each change made the study again
 
 
 def test_the_demo_model_continues_magicface_on_same_pose_pairs(tmp_path):
@@ -171,6 +197,11 @@ def test_a_model_stopped_by_sigterm_ends_the_replication_there(capsys, tmp_path,
     )
     assert called == ["pretrain"]
     assert "[pretrain: stopped by SIGTERM; the same command resumes it" in capsys.readouterr().out
+    called.clear()
+    monkeypatch.setitem(replication.STAGE_FUNCTIONS, "demo", lambda paths, args: called.append("demo"))
+    assert run(replication.main, ["--out", str(tmp_path / "out"), "--stages", "demo_model,demo"]) == 0
+    assert called == ["demo"]  # the demo model's training stopped: nothing shipped
+    assert "[demo_model: stopped by SIGTERM; the same command resumes it" in capsys.readouterr().out
 
 
 class ConstructedReport(replication.Report):

@@ -192,7 +192,7 @@ def summary(pairs: EvalPairs, found: Estimates) -> dict:
 # would let enough pairs hold any difference against a setting, however small: on 200 pairs, 0.05% of
 # the background's error, a 100th of a grey level, was 3 standard errors.
 EQUAL_QUALITY_TOLERANCE = 0.01
-EQUAL_QUALITY_RULE = f"no metric worse by > 2 SE and > {EQUAL_QUALITY_TOLERANCE:.0%}"
+EQUAL_QUALITY_RULE = f"no metric worse by > 2 SE and > {EQUAL_QUALITY_TOLERANCE * 100:g}%"
 
 
 def versus(pairs: EvalPairs, found: Estimates, reference: Estimates) -> dict:
