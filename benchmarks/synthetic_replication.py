@@ -61,7 +61,7 @@ from benchmarks import synthetic_vae
 from benchmarks.denoiser_diagnostics import TIMESTEP_BANDS, au_use
 from magicface_jax import cli
 from magicface_jax.atomic import atomic_file
-from magicface_jax.checkpoint import SamplingDefault
+from magicface_jax.checkpoint import SamplingDefault, read_info
 from magicface_jax.errors import MagicFaceError
 from magicface_jax.evaluation.runner import EQUAL_QUALITY_RULE, Estimates, Setting
 from magicface_jax.training import autoencoder
@@ -281,8 +281,6 @@ def stage_latents(paths: Paths, args, model: str = "pretrain") -> None:
 
 
 def _trained_steps(export: Path) -> int:
-    from magicface_jax.checkpoint import read_info
-
     try:
         return int(read_info(export).source.get("trained_steps", -1))
     except MagicFaceError:
@@ -308,12 +306,20 @@ def stage_model(paths: Paths, name: str, args) -> bool:
     return train(run).stopped_by_signal
 
 
+def held_out(paths: Paths, num_pairs: int):
+    """The first `num_pairs` test pairs, and the estimators of this world that every evaluation reads them
+    with."""
+    from magicface_jax.evaluation import runner
+
+    estimators, _ = runner.estimators_for(runner.SYNTHETIC, paths.estimator)
+    return runner.load_pairs(dataset_name(), "test", paths.data, num_pairs), estimators
+
+
 def stage_evaluations(paths: Paths, args) -> None:
     from magicface_jax.evaluation import runner
     from magicface_jax.pipeline import MagicFacePipeline
 
-    estimators, _ = runner.estimators_for(runner.SYNTHETIC, paths.estimator)
-    pairs = runner.load_pairs(dataset_name(), "test", paths.data, args.pairs)
+    pairs, estimators = held_out(paths, args.pairs)
     for name, images in BASELINES.items():
         target = paths.baseline(name)
         if not _current(target, len(pairs)):
@@ -427,13 +433,12 @@ class Report:
         from magicface_jax.evaluation import runner
 
         self.paths, self.runner = paths, runner
-        self.pairs = runner.load_pairs(dataset_name(), "test", paths.data, num_pairs)
+        self.pairs, self.estimators = held_out(paths, num_pairs)
         self.baselines = {
             name: runner.Estimates.from_json(json.loads(paths.baseline(name).read_text())["estimates"])
             for name in BASELINES
         }
         self.baseline = self.baselines["no_edit"]
-        self.estimators, _ = runner.estimators_for(runner.SYNTHETIC, paths.estimator)
 
     def estimates(self, model: str, setting: Setting):
         found = _evaluation(self.paths, model, setting)
@@ -699,8 +704,6 @@ def demo_steps_study(paths: Paths, args, export: Path) -> dict:
     """The edits of the test pairs by the demo model `export` with each of `DEMO_STEPS_STUDY`, compared
     with the reference pair by pair (`runner.evaluate`); written once for these weights (their checksums),
     settings, pairs and rule of equal quality."""
-    from magicface_jax.checkpoint import read_info
-
     current = {
         "checksums": read_info(export).checksums,
         "study": [dataclasses.asdict(setting) for setting in DEMO_STEPS_STUDY],
@@ -712,8 +715,7 @@ def demo_steps_study(paths: Paths, args, export: Path) -> dict:
     from magicface_jax.evaluation import runner
     from magicface_jax.pipeline import MagicFacePipeline
 
-    estimators, _ = runner.estimators_for(runner.SYNTHETIC, paths.estimator)
-    pairs = runner.load_pairs(dataset_name(), "test", paths.data, args.pairs)
+    pairs, estimators = held_out(paths, args.pairs)
     pipe = MagicFacePipeline.from_pretrained(export)
     study = runner.evaluate(
         pipe, pairs, DEMO_STEPS_STUDY, estimators, batch_size=args.batch_size, reference=REFERENCE
