@@ -683,7 +683,7 @@ def stage_demo(paths: Paths, args) -> None:
     from magicface_jax import demo
 
     export = paths.model("demo") / "export"
-    if _trained_steps(export) < 0:
+    if not export.exists():  # a damaged export is named by the study's read_info instead
         raise MagicFaceError("the demo stage ships the demo model: run --stages demo_model first")
     sampling = demo_sampling(demo_steps_study(paths, args, export))
     shipped = paths.estimator.resolve() == demo.SYNTHETIC_ESTIMATOR.resolve()  # given: already there

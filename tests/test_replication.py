@@ -52,6 +52,20 @@ def test_the_demo_model_records_the_fewest_steps_its_study_found():
     assert replication.REFERENCE in replication.DEMO_STEPS_STUDY
 
 
+def test_a_damaged_demo_model_is_named_and_nothing_is_shipped(capsys, tmp_path):
+    from magicface_jax import demo
+
+    export = tmp_path / "out" / "models" / "demo" / "export"
+    export.mkdir(parents=True)
+    (export / "magicface.json").write_text('{"broken')
+    shipped = sorted(p.stat().st_mtime_ns for p in demo.DEMO_MODEL.rglob("*"))
+    assert run(replication.main, ["--out", str(tmp_path / "out"), "--stages", "demo"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"{export / 'magicface.json'} is not valid JSON" in lines[0], lines
+    assert (export / "magicface.json").read_text() == '{"broken'
+    assert sorted(p.stat().st_mtime_ns for p in demo.DEMO_MODEL.rglob("*")) == shipped
+
+
 def test_the_demo_steps_study_is_made_once_for_its_weights_settings_pairs_and_rule(tmp_path, monkeypatch):
     from magicface_jax.evaluation import runner
     from magicface_jax.pipeline import MagicFacePipeline
